@@ -1,0 +1,1 @@
+"""Shared command line, image I/O and demo data for UIR Forge."""
