@@ -5,7 +5,16 @@ and the registries (``PIPELINES``, ``DEGRADATIONS``, ``OPS``).
 """
 
 from degradations import pipelines, primitives, types  # noqa: F401  (registers built-ins)
-from degradations.engine import RECORD_FORMAT, Record, execute, replay, synthesize
+from degradations.engine import (
+    RECORD_FORMAT,
+    Record,
+    Sample,
+    execute,
+    replay,
+    replay_sample,
+    synthesize,
+    synthesize_sample,
+)
 from degradations.prompt import (
     Clause,
     PromptError,
@@ -38,6 +47,7 @@ __all__ = [
     "PromptError",
     "Record",
     "RestorationPrompt",
+    "Sample",
     "derive_seed",
     "execute",
     "parse_prompt",
@@ -46,5 +56,7 @@ __all__ = [
     "register_pipeline",
     "render_prompt",
     "replay",
+    "replay_sample",
     "synthesize",
+    "synthesize_sample",
 ]

@@ -20,11 +20,18 @@ HiddenSampler = Callable[[np.random.Generator, tuple[int, int]], dict[str, Any]]
 
 @dataclass(frozen=True)
 class Op:
-    """A deterministic image operation: ``fn(image_f32, **params) -> image_f32``."""
+    """A deterministic image operation: ``fn(image_f32, **params) -> image_f32``.
+
+    ``inputs`` names side inputs the op receives as keyword arguments (None when absent),
+    e.g. a depth map; ``outputs`` names side outputs: such an op returns
+    ``(image, {name: array})``, e.g. an inpainting mask.
+    """
 
     name: str
     fn: ImageFn
     doc: str = ""
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -124,13 +131,16 @@ OPS: dict[str, Op] = {}
 DEGRADATIONS: dict[str, DegradationType] = {}
 
 
-def register_op(name: str) -> Callable[[ImageFn], ImageFn]:
+def register_op(
+    name: str, *, inputs: tuple[str, ...] = (), outputs: tuple[str, ...] = ()
+) -> Callable[[ImageFn], ImageFn]:
     name = str(name)
 
     def decorate(fn: ImageFn) -> ImageFn:
         if name in OPS:
             raise ValueError(f"op {name!r} is already registered")
-        OPS[name] = Op(name=name, fn=fn, doc=(fn.__doc__ or "").strip().split("\n")[0])
+        doc = (fn.__doc__ or "").strip().split("\n")[0]
+        OPS[name] = Op(name=name, fn=fn, doc=doc, inputs=inputs, outputs=outputs)
         return fn
 
     return decorate
