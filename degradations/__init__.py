@@ -15,6 +15,7 @@ from degradations.engine import (
     synthesize,
     synthesize_sample,
 )
+from degradations.plugins import load_installed as _load_installed_plugins
 from degradations.prompt import (
     Clause,
     PromptError,
@@ -60,3 +61,5 @@ __all__ = [
     "synthesize",
     "synthesize_sample",
 ]
+
+_load_installed_plugins()

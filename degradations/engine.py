@@ -10,7 +10,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from degradations.config import build_config
+from degradations.config import build_config, merge
+from degradations.presets import resolve_preset
 from degradations.primitives import to_float, to_uint8
 from degradations.registry import get_op, get_pipeline
 from degradations.seeding import generator
@@ -88,17 +89,20 @@ def synthesize_sample(
     such as ``{"depth": depth_map}``.
     """
     _check_image(image)
-    spec = get_pipeline(pipeline)
-    config = build_config(spec.config_type, overrides)
+    preset = resolve_preset(pipeline)
+    spec = get_pipeline(preset.pipeline)
+    settings = merge(preset.config, overrides)
+    config = build_config(spec.config_type, settings)
     shape = (int(image.shape[0]), int(image.shape[1]))
     plan = spec.planner(shape, generator(seed), config)
     lq, extras = execute_all(image, plan.ops, inputs)
     record = {
         "format": RECORD_FORMAT,
+        "preset": preset.name,
         "pipeline": spec.name,
         "pipeline_version": spec.version,
         "seed": int(seed),
-        "overrides": dict(overrides),
+        "overrides": settings,
         "hq_size": list(shape),
         "lq_size": [int(lq.shape[0]), int(lq.shape[1])],
         "prompt": plan.prompt,
@@ -113,9 +117,10 @@ def synthesize_sample(
 def synthesize(
     image: np.ndarray, pipeline: str, seed: int, **overrides: Any
 ) -> tuple[np.ndarray, Record]:
-    """Degrade ``image`` with a registered pipeline; every random choice comes from ``seed``.
+    """Degrade ``image`` with a preset or pipeline; every random choice comes from ``seed``.
 
-    ``overrides`` change config fields, nested by dicts or dotted names
+    ``pipeline`` is a preset (realesrgan, tip, daclip, mixed, or a YAML path) or a bare
+    pipeline name; ``overrides`` change config fields, nested by dicts or dotted names
     (``scale=2``, ``**{"second.blur_prob": 1.0}``).
     """
     sample = synthesize_sample(image, pipeline, seed, **overrides)

@@ -52,6 +52,9 @@ class NumericParam:
         return round(float(value), self.decimals)
 
     def sample(self, rng: np.random.Generator, low: float, high: float) -> float | int:
+        """A uniform draw at the printed precision; a pinned range (low == high) is exact."""
+        if low == high:
+            return int(low) if self.decimals == 0 else float(low)
         return self.round(rng.uniform(low, high))
 
     def format(self, value: float | int) -> str:
@@ -59,7 +62,9 @@ class NumericParam:
         if self.decimals == 0:
             return str(int(value))
         text = f"{value:.{self.decimals}f}"
-        return text if float(text) == value else repr(float(value))
+        if float(text) == value:
+            return text
+        return np.format_float_positional(float(value), trim="-")  # never "5e-05"
 
     def check(self, value: float | int) -> None:
         if isinstance(value, bool) or not isinstance(value, int | float):

@@ -202,11 +202,12 @@ def test_apply_kernel_is_correlation_with_reflect_padding():
                                flat, atol=1e-5)
 
 
-def test_apply_kernel_matches_direct_correlation():
+@pytest.mark.parametrize("family", [f for f in FAMILY_PARAMS if f != "pulse"])
+def test_apply_kernel_matches_direct_correlation(family):
+    """Whatever fast path an op takes, it applies the kernel make_kernel describes."""
     rng = np.random.default_rng(5)
     image = rng.random((12, 14, 3), dtype=np.float32)
-    params = {"family": "plateau_aniso", "size": 5, "sigma_x": 1.5, "sigma_y": 0.7,
-              "theta": 1.0, "beta": 1.3}
+    params = {"family": family, "size": 5, **FAMILY_PARAMS[family]}
     k = make_kernel(params)
     padded = np.pad(image.astype(np.float64), ((2, 2), (2, 2), (0, 0)), mode="reflect")
     expected = np.zeros(image.shape)
@@ -214,6 +215,23 @@ def test_apply_kernel_matches_direct_correlation():
         for dx in range(5):
             expected += k[dy, dx] * padded[dy : dy + 12, dx : dx + 14]
     np.testing.assert_allclose(apply_kernel(image, params), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("sigma", [0.2, 0.7, 1.0, 2.3, 3.0])
+def test_tip_blur_is_gaussian_of_sigma_with_3_sigma_support(sigma):
+    """tip.md blur: isotropic Gaussian, odd size >= 2*ceil(3 sigma)+1."""
+    size = 2 * math.ceil(3 * sigma) + 1
+    x, y = grid(size)
+    expected = normalised(np.exp(-(x**2 + y**2) / (2 * sigma**2)))
+    image = np.zeros((size + 20, size + 20, 3), dtype=np.uint8)
+    c = (size + 20) // 2
+    image[c, c] = 255
+    out = engine.execute(image, [{"op": "blurry", "params": {"sigma": sigma}}])
+    r = size // 2
+    window = out[c - r : c + r + 1, c - r : c + r + 1, 1].astype(np.float64)
+    np.testing.assert_allclose(window, np.round(expected * 255), atol=1)
+    # nothing leaks outside the support
+    assert out[..., 1].sum() == pytest.approx(window.sum())
 
 
 @pytest.mark.parametrize("size", [0, 2, 8, 20, -1, -3])

@@ -39,7 +39,7 @@ def _overrides(args: argparse.Namespace, config_type: type) -> dict[str, Any]:
             _fail(f"pipeline {args.pipeline!r} has no scale to set")
         overrides[key] = args.scale
     if getattr(args, "prompt", None) is not None:
-        if args.pipeline != "prompt":
+        if "prompt" not in config_type.model_fields:
             _fail("--prompt needs --pipeline prompt")
         overrides["prompt"] = args.prompt
     return overrides
@@ -55,23 +55,38 @@ def _config_error(err: Exception) -> str:
     return str(err.args[0] if err.args else err)
 
 
+def _side_inputs(path: str) -> dict[str, Any]:
+    """Sidecars next to the input image: ``<stem>.depth.png`` feeds the haze model."""
+    from uir.imageio import read_depth, sidecar
+
+    depth = sidecar(Path(path), ".depth.png")
+    return {"depth": read_depth(depth)} if depth else {}
+
+
 def cmd_degrade(args: argparse.Namespace) -> None:
     import degradations
+    from degradations.presets import resolve_preset
     from uir.imageio import load_rgb, save_image
 
-    spec = degradations.PIPELINES.get(args.pipeline)
-    if spec is None:
-        known = ", ".join(degradations.PIPELINES)
-        _fail(f"unknown pipeline {args.pipeline!r}; choose from {known}")
+    try:
+        spec = degradations.PIPELINES[resolve_preset(args.pipeline).pipeline]
+    except (KeyError, ValueError) as err:
+        _fail(_config_error(err))
     image = load_rgb(args.input)
     try:
-        lq, record = degradations.synthesize(
-            image, args.pipeline, args.seed, **_overrides(args, spec.config_type)
+        sample = degradations.synthesize_sample(
+            image, args.pipeline, args.seed, inputs=_side_inputs(args.input),
+            **_overrides(args, spec.config_type),
         )
     except (ValueError, KeyError) as err:
         _fail(_config_error(err))
+    lq, record = sample.lq, sample.record
     record["source"] = str(args.input)
     save_image(args.output, lq)
+    if "mask" in sample.extras:
+        mask_path = Path(args.output).with_suffix(".mask.png")
+        save_image(mask_path, sample.extras["mask"] * 255)
+        print(f"{mask_path}: mask (255 = hole)")
     record_path = Path(args.record) if args.record else Path(args.output).with_suffix(".json")
     record_path.write_text(json.dumps(record, indent=1) + "\n")
     size = f"{lq.shape[1]}x{lq.shape[0]}"
@@ -88,7 +103,7 @@ def cmd_replay(args: argparse.Namespace) -> None:
         _fail(f"{args.record}: cannot read record: {err}")
     image = load_rgb(args.input)
     try:
-        lq = degradations.replay(image, record)
+        lq = degradations.replay_sample(image, record, _side_inputs(args.input)).lq
     except (ValueError, KeyError) as err:
         _fail(str(err.args[0] if err.args else err))
     save_image(args.output, lq)
@@ -120,7 +135,11 @@ def cmd_prompt_render(args: argparse.Namespace) -> None:
 
 def cmd_list(args: argparse.Namespace) -> None:
     import degradations
+    from degradations.presets import available_presets, resolve_preset
 
+    print("presets:")
+    for name in available_presets():
+        print(f"  {name:<12} -> pipeline {resolve_preset(name).pipeline}")
     print("pipelines:")
     for spec in degradations.PIPELINES.values():
         print(f"  {spec.name:<12} v{spec.version}  {spec.doc}")
@@ -133,6 +152,20 @@ def cmd_list(args: argparse.Namespace) -> None:
         print(f"  {op.name:<16} {op.doc}")
 
 
+def cmd_preview(args: argparse.Namespace) -> None:
+    from uir.imageio import save_image
+    from uir.preview import pipeline_sheet, types_sheet
+
+    if not args.all and not args.pipeline:
+        _fail("give --pipeline NAME or --all")
+    try:
+        sheet = types_sheet(args.seed) if args.all else pipeline_sheet(args.pipeline, args.seed)
+    except (ValueError, KeyError) as err:
+        _fail(_config_error(err))
+    save_image(args.out, sheet)
+    print(f"wrote {args.out} ({sheet.shape[1]}x{sheet.shape[0]})")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from uir.demo_job import run_demo
 
@@ -141,6 +174,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="uir", description=__doc__.split("\n")[0])
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import a degradation plugin module (repeatable)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     degrade = commands.add_parser("degrade", help="degrade one image and record how")
@@ -173,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="registered pipelines and degradations")
     listing.set_defaults(run=cmd_list)
 
+    preview = commands.add_parser("preview", help="contact sheet of a pipeline on the demo photos")
+    preview.add_argument("--pipeline", help="preset, pipeline or preset YAML")
+    preview.add_argument("--all", action="store_true", help="one row per degradation type")
+    preview.add_argument("--seed", type=int, default=0)
+    preview.add_argument("--out", default="preview.png")
+    preview.set_defaults(run=cmd_preview)
+
     demo = commands.add_parser("demo", help="degrade the embedded demo photos + contact sheet")
     demo.add_argument("--out", default="demo_out")
     demo.add_argument("--seed", type=int, default=0)
@@ -186,10 +228,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from uir.imageio import ImageDecodeError
 
     try:
+        if args.plugin:
+            from degradations.plugins import load_modules
+
+            load_modules(args.plugin)
         args.run(args)
-    except (CommandError, ImageDecodeError) as err:
+    except (CommandError, ImageDecodeError, ImportError) as err:
         print(f"uir: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # output piped into `head`: not an error
+        sys.stderr.close()
+        return 0
     except OSError as err:
         print(f"uir: error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,5 +1,5 @@
 """Built-in pipelines; importing this package registers them."""
 
-from degradations.pipelines import prompt, realesrgan, tip
+from degradations.pipelines import mixed, prompt, realesrgan, tip
 
-__all__ = ["prompt", "realesrgan", "tip"]
+__all__ = ["mixed", "prompt", "realesrgan", "tip"]
