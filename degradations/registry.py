@@ -159,13 +159,14 @@ def register_degradation(
     template: str,
     order: int,
     hidden: HiddenSampler | None = None,
+    inputs: tuple[str, ...] = (),
+    outputs: tuple[str, ...] = (),
 ) -> Callable[[ImageFn], ImageFn]:
     """Register ``fn(image_f32, **params)`` as an op and as a prompt-addressable type."""
-
     name = str(name)
 
     def decorate(fn: ImageFn) -> ImageFn:
-        register_op(name)(fn)
+        register_op(name, inputs=inputs, outputs=outputs)(fn)
         phrases = {t.verb.lower() for t in DEGRADATIONS.values()}
         if verb.lower() in phrases:
             raise ValueError(f"{name}: the type-only clause {verb!r} is already taken")

@@ -141,8 +141,8 @@ def test_json_round_trip():
 def test_from_json_validates():
     with pytest.raises(PromptError):
         RestorationPrompt.from_json({"clauses": [{"type": "blurry", "params": {"sigma": -1}}]})
-    with pytest.raises(PromptError, match="snowy"):
-        RestorationPrompt.from_json({"clauses": [{"type": "snowy"}]})
+    with pytest.raises(PromptError, match="sepia-toned"):
+        RestorationPrompt.from_json({"clauses": [{"type": "sepia-toned"}]})
     with pytest.raises(PromptError):
         RestorationPrompt.from_json({"blind": True, "clauses": [{"type": "blurry"}]})
     with pytest.raises(PromptError):
@@ -222,7 +222,7 @@ def test_blind_prompt(text):
 @pytest.mark.parametrize(
     ("text", "offending"),
     [
-        ("Desnow with density 0.5", "Desnow with density 0.5"),
+        ("Desaturate with amount 0.5", "Desaturate with amount 0.5"),
         ("Deblur with sigma 2.0; Deblurr", "Deblurr"),
         ("hello world", "hello world"),
         ("Deblur with sigma two", "Deblur with sigma two"),
@@ -329,8 +329,8 @@ def test_prompt_pipeline_rejects_blind_and_bad_prompts():
         synthesize(IMAGE, "prompt", 0, prompt=BLIND)
     with pytest.raises(ValueError):
         synthesize(IMAGE, "prompt", 0, prompt="")
-    with pytest.raises(PromptError, match="Desnow"):
-        synthesize(IMAGE, "prompt", 0, prompt="Desnow")
+    with pytest.raises(PromptError, match="Desaturate"):
+        synthesize(IMAGE, "prompt", 0, prompt="Desaturate")
 
 
 def test_registry_templates_are_the_tip_grammar():

@@ -62,7 +62,7 @@ def plan_types(
     for name, values in sorted(applied, key=lambda item: get_degradation(item[0]).order):
         kind = get_degradation(name)
         hidden = kind.hidden(rng, shape) if kind.hidden else {}
-        ops.append(step(name, **values, **hidden, **config.extra_params.get(name, {})))
+        ops.append(step(name, **{**values, **hidden, **config.extra_params.get(name, {})}))
     if config.lq_size == "hr" and ops:
         ops.append(step("quantize"))
         ops.append(step("resize", size=list(shape), mode=config.resize_back_mode))

@@ -61,6 +61,9 @@ def hole_mask(shape: tuple[int, int], area: float, seed: int, box_prob: float) -
     total = height * width
     target = area / 100 * total
     limit = (area + AREA_TOLERANCE) / 100 * total
+    if math.ceil(target) > limit:
+        raise ValueError(f"a {height}x{width} image has no pixel count within {area}% to "
+                         f"{area + AREA_TOLERANCE}%")
     rng = generator(seed)
     side = math.sqrt(total)
     scale = 1.0
