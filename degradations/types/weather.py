@@ -37,8 +37,8 @@ def _scale(shape: tuple[int, int]) -> float:
     return min(shape) / REFERENCE_SIDE
 
 
-def _density(doc: str) -> NumericParam:
-    return NumericParam("density", 0.1, 0.8, 2, minimum=0.0, maximum=1.0, doc=doc)
+def _density(doc: str, high: float = 0.8) -> NumericParam:
+    return NumericParam("density", 0.1, high, 2, minimum=0.0, maximum=1.0, doc=doc)
 
 
 def tent_blur(image: np.ndarray, sigma: float) -> np.ndarray:
@@ -79,7 +79,7 @@ def _rain_hidden(rng: np.random.Generator, shape: tuple[int, int]) -> dict[str, 
 
 @register_degradation(
     Degradation.RAINY,
-    params=(_density("streaks per pixel area, 1 = 1/120 px^-2"),),
+    params=(_density(f"streaks per pixel area / {STREAKS_PER_PIXEL:.5f}"),),
     verb="Derain",
     template="Derain with density {density}",
     order=3,
@@ -136,7 +136,7 @@ def _raindrop_hidden(rng: np.random.Generator, shape: tuple[int, int]) -> dict[s
 
 @register_degradation(
     Degradation.RAINDROP,
-    params=(_density("drop area per image area (drops overlap, so coverage is less)"),),
+    params=(_density("drop area per image area (drops overlap: coverage is less)", 0.5),),
     verb="Remove raindrops",
     template="Remove raindrops with density {density}",
     order=5,
@@ -218,15 +218,16 @@ def _line_kernel(length: float, angle: float) -> np.ndarray:
     half = length / 2
     centre = size // 2
     dx, dy = half * math.sin(radians), half * math.cos(radians)
-    start = (round((centre - dx) * 16), round((centre - dy) * 16))
-    end = (round((centre + dx) * 16), round((centre + dy) * 16))
-    cv2.line(kernel, start, end, 1.0, 1, cv2.LINE_8, 4)
+    unit = 1 << _SUBPIXEL_BITS
+    start = (round((centre - dx) * unit), round((centre - dy) * unit))
+    end = (round((centre + dx) * unit), round((centre + dy) * unit))
+    cv2.line(kernel, start, end, 1.0, 1, cv2.LINE_8, _SUBPIXEL_BITS)
     return kernel / kernel.sum()
 
 
 @register_degradation(
     Degradation.SNOWY,
-    params=(_density("flakes per pixel area, 1 = 1/100 px^-2"),),
+    params=(_density(f"flakes per pixel area / {FLAKES_PER_PIXEL:.5f}"),),
     verb="Desnow",
     template="Desnow with density {density}",
     order=4,
@@ -261,7 +262,7 @@ def snowy(
         ksize = 2 * math.ceil(3 * sigma) + 1
         peak = float(cv2.getGaussianKernel(ksize, sigma)[ksize // 2, 0]) ** 2
         blob = cv2.GaussianBlur(plane, (ksize, ksize), sigma, borderType=_BORDER)
-        # Doubling a Gaussian then clipping gives a flat-topped disc with a soft edge.
+        # A Gaussian scaled to twice its peak, then clipped: a flat-topped disc, soft edge.
         clear *= 1 - np.minimum(blob * np.float32(2 * strength / peak), strength)
     flakes = 1 - clear
     if motion >= 1:
