@@ -138,3 +138,27 @@ def test_demo_job_writes_pairs_records_and_sheet(tmp_path: Path):
     hq = load_rgb(Path(__file__).parents[1] / "data" / "demo" / record["source"])
     from degradations import replay
     assert np.array_equal(replay(hq, record), load_rgb(records[0].with_suffix(".png")))
+
+
+def test_preview_pipeline_and_all_types(tmp_path: Path, capsys):
+    import degradations
+
+    sheet = tmp_path / "daclip.png"
+    assert main(["preview", "--pipeline", "daclip", "--seed", "1", "--out", str(sheet)]) == 0
+    assert load_rgb(sheet).shape[0] > 6 * 100
+    every = tmp_path / "all.png"
+    assert main(["preview", "--all", "--out", str(every)]) == 0
+    rows = len(degradations.DEGRADATIONS)
+    assert load_rgb(every).shape[0] > rows * 150
+    assert main(["preview", "--out", str(tmp_path / "x.png")]) == 2
+    assert main(["preview", "--pipeline", "nope", "--out", str(tmp_path / "x.png")]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_set_overrides_nested_ranges(photo: Path, tmp_path: Path):
+    out = tmp_path / "haze.png"
+    assert main(["degrade", str(photo), str(out), "--pipeline", "prompt", "--prompt", "Dehaze",
+                 "--set", "ranges.hazy.density=[2.0, 2.0]"]) == 0
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["ops"][0]["params"]["density"] == 2.0
+    assert record["prompt"] == "Dehaze;"

@@ -10,37 +10,35 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import degradations
-from degradations.describe import describe
 from uir.contact_sheet import Tile, make_contact_sheet
-from uir.demo import demo_images
-from uir.imageio import load_rgb, save_image
+from uir.imageio import save_image
+from uir.preview import degrade_photos, load_demo_photos, sample_tiles
 
-DEFAULT_PIPELINES = ("realesrgan", "tip")
+DEFAULT_PIPELINES = ("realesrgan", "tip", "daclip")
 
 
 def run_demo(out: Path, seed: int = 0, pipelines: Sequence[str] | None = None) -> Path:
-    """Write ``<photo>-<pipeline>.png`` + ``.json`` records and ``contact_sheet.png``."""
+    """Write ``<photo>-<pipeline>.png`` + ``.json`` records (+ masks) and ``contact_sheet.png``."""
     pipelines = tuple(pipelines or DEFAULT_PIPELINES)
-    for name in pipelines:
-        degradations.registry.get_pipeline(name)
     out.mkdir(parents=True, exist_ok=True)
-    photos = demo_images()
-    rows = []
-    for index, photo in enumerate(photos, start=1):
-        hq = load_rgb(photo)
-        row = [Tile(hq, f"{photo.stem} (HQ {hq.shape[1]}x{hq.shape[0]})")]
-        for pipeline in pipelines:
-            key = f"{photo.stem}-{pipeline}"
-            lq, record = degradations.synthesize(hq, pipeline, degradations.derive_seed(seed, key))
-            record["source"] = photo.name
-            save_image(out / f"{key}.png", lq)
-            (out / f"{key}.json").write_text(json.dumps(record, indent=1) + "\n")
-            row.append(Tile(lq, f"{pipeline}: {record['prompt']}\n{describe(record)}"))
-        rows.append(row)
-        print(f"[{index}/{len(photos)}] {photo.name}", flush=True)
+    photos = load_demo_photos()
+    rows = {
+        p.path.stem: [Tile(p.image, f"{p.path.stem} (HQ {p.image.shape[1]}x{p.image.shape[0]})")]
+        for p in photos
+    }
+    for pipeline in pipelines:
+        for index, (photo, sample) in enumerate(degrade_photos(photos, pipeline, seed), start=1):
+            key = f"{photo.path.stem}-{Path(pipeline).stem}"
+            sample.record["source"] = photo.path.name
+            save_image(out / f"{key}.png", sample.lq)
+            if "mask" in sample.extras:
+                save_image(out / f"{key}.mask.png", sample.extras["mask"] * 255)
+            (out / f"{key}.json").write_text(json.dumps(sample.record, indent=1) + "\n")
+            rows[photo.path.stem] += sample_tiles(pipeline, sample)
+            print(f"[{pipeline} {index}/{len(photos)}] {photo.path.name}: "
+                  f"{sample.record['prompt']}", flush=True)
     sheet_path = out / "contact_sheet.png"
     title = f"UIR Forge demo: HQ and LQ per pipeline (seed {seed})"
-    save_image(sheet_path, make_contact_sheet(rows, title=title))
+    save_image(sheet_path, make_contact_sheet(list(rows.values()), title=title))
     print(f"wrote {len(photos) * len(pipelines)} LQ images, records and {sheet_path}")
     return sheet_path
