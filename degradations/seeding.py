@@ -28,3 +28,9 @@ def generator(seed: int) -> np.random.Generator:
 def draw_seed(rng: np.random.Generator) -> int:
     """A child seed for an op's random field (noise), recorded instead of the field."""
     return int(rng.integers(0, 1 << SEED_BITS))
+
+
+def seed_only(rng: np.random.Generator, shape: tuple[int, int]) -> dict[str, int]:
+    """A type's ``hidden`` sampler when its only unprinted parameter is a random field's seed."""
+    del shape
+    return {"seed": draw_seed(rng)}

@@ -7,14 +7,13 @@ printed, because pipelines sample through ``NumericParam.sample`` (which rounds)
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 
 from degradations.names import Degradation
 from degradations.primitives import gaussian_blur, gaussian_noise, jpeg, resize
 from degradations.registry import NumericParam, register_degradation
-from degradations.seeding import draw_seed
+from degradations.seeding import seed_only
 
 
 def blur_kernel_size(sigma: float) -> int:
@@ -24,10 +23,6 @@ def blur_kernel_size(sigma: float) -> int:
 
 def downsampled_size(shape: tuple[int, int], factor: float) -> tuple[int, int]:
     return max(1, round(shape[0] / factor)), max(1, round(shape[1] / factor))
-
-
-def _noise_seed(rng: np.random.Generator, shape: tuple[int, int]) -> dict[str, Any]:
-    return {"seed": draw_seed(rng)}
 
 
 @register_degradation(
@@ -60,7 +55,7 @@ def low_resolution(image: np.ndarray, factor: float, mode: str = "bicubic") -> n
     verb="Denoise",
     template="Denoise with sigma {sigma}",
     order=30,
-    hidden=_noise_seed,
+    hidden=seed_only,
 )
 def noisy(image: np.ndarray, sigma: float, seed: int) -> np.ndarray:
     """Additive colour Gaussian noise."""

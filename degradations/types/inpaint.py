@@ -9,14 +9,13 @@ again smaller. Every shape comes from the recorded seed, so the mask replays bit
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import cv2
 import numpy as np
 
 from degradations.names import Degradation
 from degradations.registry import NumericParam, register_degradation
-from degradations.seeding import draw_seed, generator
+from degradations.seeding import generator, seed_only
 
 AREA_TOLERANCE = 2.0  # percentage points above the requested area
 _MAX_SHAPES = 20_000
@@ -83,17 +82,13 @@ def hole_mask(shape: tuple[int, int], area: float, seed: int, box_prob: float) -
     raise ValueError(f"could not cover {area}% of a {height}x{width} image within tolerance")
 
 
-def _mask_seed(rng: np.random.Generator, shape: tuple[int, int]) -> dict[str, Any]:
-    return {"seed": draw_seed(rng)}
-
-
 @register_degradation(
     Degradation.UNCOMPLETED,
     params=(NumericParam("area", 5, 30, 0, minimum=1, maximum=90, doc="percent of pixels"),),
     verb="Inpaint",
     template="Inpaint {area}% area",
     order=50,
-    hidden=_mask_seed,
+    hidden=seed_only,
     outputs=("mask",),
 )
 def uncompleted(
