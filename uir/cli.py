@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 import yaml
 
 EXIT_USAGE = 2
+EXIT_VERIFY = 1
 
 
 class CommandError(Exception):
@@ -172,6 +173,102 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(Path(args.out), seed=args.seed, pipelines=args.pipeline)
 
 
+def _build_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    if args.workers:
+        overrides["runner.workers"] = args.workers
+    return overrides
+
+
+def cmd_build(args: argparse.Namespace) -> None:
+    from uir.dataset.config import ConfigError, dataset_names, load_dataset_config
+
+    overrides = _build_overrides(args)
+    try:
+        name = args.dataset
+        if name is None:
+            names = dataset_names(args.params)
+            if len(names) != 1:
+                _fail(f"{args.params} defines {', '.join(names)}: name the dataset to build")
+            name = names[0]
+        config = load_dataset_config(name, args.params, overrides)
+    except ConfigError as err:
+        _fail(str(err))
+    if args.engine == "local":
+        from uir.dataset.build import run_build, stderr_progress
+
+        manifest = run_build(config, progress=stderr_progress(config.name)).manifest
+    else:
+        from flows.build_dataset import build_dataset
+
+        manifest = build_dataset(
+            name, params=str(args.params), overrides=overrides, dvc_commit=args.dvc_commit
+        )
+    counts = manifest["counts"]
+    print(
+        f"built {config.name} {config.version} in {config.output_dir}: {counts['samples']} "
+        f"samples in {len(manifest['shards'])} shards; seen {counts['seen']}, accepted "
+        f"{counts['accepted']}, rejected {counts['rejected']}"
+    )
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    from uir.dataset.verify import verify
+
+    report = verify(Path(args.dir))
+    for problem in report.problems:
+        print(f"FAIL {problem}")
+    if not report.ok:
+        print(f"{args.dir}: {len(report.problems)} problem(s)", file=sys.stderr)
+        raise SystemExit(EXIT_VERIFY)
+    print(f"OK {args.dir}: {report.shards} shards, {report.samples} samples verified")
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from uir.dataset.verify import summary
+
+    try:
+        info = summary(Path(args.dir))
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    if args.json:
+        print(json.dumps(info, indent=1, sort_keys=True))
+        return
+    print(f"{info['dataset']} {info['version']}  params {info['params_hash']}  "
+          f"code {info['git_commit']}")
+    print(f"shards {info['shards']}  bytes {info['bytes']:,}  samples {info['samples']}")
+    print(f"inputs seen {info['seen']}  accepted {info['accepted']}  rejected {info['rejected']} "
+          f"{info['rejected_by_stage']}")
+    for split, labels in info["labels"].items():
+        shown = ", ".join(f"{label} {count}" for label, count in labels.items())
+        print(f"{split:<5} {info['splits'][split]:>6}  {shown}")
+
+
+def cmd_export_daclip(args: argparse.Namespace) -> None:
+    from uir.dataset.config import SPLITS
+    from uir.dataset.export import export_daclip_csv
+
+    try:
+        report = export_daclip_csv(Path(args.dir), Path(args.out), args.split or SPLITS,
+                                   with_gt=not args.no_gt)
+    except FileNotFoundError as err:
+        _fail(str(err))
+    written = ", ".join(f"{split} {count}" for split, count in report.written.items())
+    skipped = ", ".join(f"{why} {count}" for why, count in report.skipped.items()) or "none"
+    print(f"wrote DA-CLIP CSVs to {args.out}: {written or 'nothing'}; skipped {skipped}")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from flows.serve import serve
+
+    serve(Path(args.params), port=args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="uir", description=__doc__.split("\n")[0])
     parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
@@ -220,6 +317,43 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--pipeline", action="append", help="pipelines (default: realesrgan, tip)")
     demo.set_defaults(run=cmd_demo)
+
+    build = commands.add_parser("build", help="build a dataset of params.yaml into shards")
+    build.add_argument("dataset", nargs="?", help="dataset name in params.yaml")
+    build.add_argument("--params", default="params.yaml")
+    build.add_argument("--engine", choices=("prefect", "local"), default="prefect",
+                       help="prefect: the build-dataset flow (no server needed); local: "
+                            "the same steps on a local process pool without Prefect")
+    build.add_argument("--workers", type=int, help="worker processes (default: runner.workers)")
+    build.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a dataset field, e.g. --set synthesis.variants=2")
+    build.add_argument("--dvc-commit", action="store_true",
+                       help="record the outputs in dvc.lock afterwards (not inside dvc repro)")
+    build.set_defaults(run=cmd_build)
+
+    check = commands.add_parser("verify", help="check a built dataset byte for byte")
+    check.add_argument("dir")
+    check.set_defaults(run=cmd_verify)
+
+    inspect = commands.add_parser("inspect", help="counts of a built dataset")
+    inspect.add_argument("dir")
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(run=cmd_inspect)
+
+    export = commands.add_parser("export", help="write a dataset in another tool's format")
+    formats = export.add_subparsers(dest="format", required=True)
+    daclip = formats.add_parser("daclip-csv", help="DA-CLIP's tab-separated filepath/title CSV")
+    daclip.add_argument("dir")
+    daclip.add_argument("out")
+    daclip.add_argument("--split", action="append", choices=("train", "val", "test"))
+    daclip.add_argument("--no-gt", action="store_true", help="write only the LQ images")
+    daclip.set_defaults(run=cmd_export_daclip)
+
+    serve = commands.add_parser("serve", help="serve the build-dataset deployments "
+                                "(needs PREFECT_API_URL; see scripts/serve.sh)")
+    serve.add_argument("--params", default="params.yaml")
+    serve.add_argument("--port", type=int, default=4200)
+    serve.set_defaults(run=cmd_serve)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Dataset building: pure library code, no Prefect or DVC."""
