@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the main job on the embedded demo photos, offline.
+# Set up (if needed) and build the demo dataset end to end, offline: the embedded photos ->
+# ingest, sidecar captions, synthesis -> WebDataset shards in data/shards/demo, then verify.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/uir demo --out demo_out "$@"
+export PATH="$PWD/.venv/bin:$PATH" PREFECT_SERVER_ANALYTICS_ENABLED=false DVC_NO_ANALYTICS=1
+export PREFECT_HOME="${PREFECT_HOME:-$PWD/.prefect}"
+uir build demo "$@"
+uir verify data/shards/demo
+uir inspect data/shards/demo

@@ -108,14 +108,14 @@ def caption(
     def blip() -> Any:
         from uir.dataset.captions import BlipCaptioner
 
+        local = config.resolve_path(settings.model)  # a local copy, relative to params.yaml
+        model = str(local) if local.is_dir() else settings.model
         return BlipCaptioner(
-            settings.model, device=settings.device, batch_size=settings.batch_size,
+            model, device=settings.device, batch_size=settings.batch_size,
             max_new_tokens=settings.max_new_tokens,
         )
 
-    cache_path = config.resolve_path(settings.cache)
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    with CaptionCache(cache_path) as cache:
+    with CaptionCache(config.resolve_path(settings.cache)) as cache:
         return caption_all(
             requests, source=settings.source, cache=cache, captioner_factory=blip,
             progress=(lambda done, total: progress("captions", done, total)) if progress else None,
@@ -177,7 +177,8 @@ def run_build(
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
     count = workers or config.runner.workers
-    pool = _Inline() if count == 1 or config.runner.kind == "sequential" else _executor(config, count)
+    inline = count == 1 or config.runner.kind == "sequential"
+    pool = _Inline() if inline else _executor(config, count)
     with pool:
         candidates, pairing_rejects = discover(config)
         batches = ingest_batches(candidates)

@@ -79,7 +79,7 @@ def write_chunk(chunk: Chunk, folder: Path) -> ChunkResult:
         return done
     _clear(chunk, folder)
     maker = SampleMaker(chunk.settings)
-    counts: dict[str, Counter[str]] = {"labels": Counter(), "kinds": Counter(), "recipes": Counter()}
+    counts: dict[str, Counter[str]] = {name: Counter() for name in ("labels", "kinds", "recipes")}
     shards: list[ShardFile] = []
     writer: TarShardWriter | None = None
     try:

@@ -70,7 +70,10 @@ class PairSource(Config):
     def _known_label(cls, label: str) -> str:
         from degradations.registry import get_degradation
 
-        get_degradation(label)
+        try:
+            get_degradation(label)
+        except KeyError as err:
+            raise ValueError(err.args[0]) from None
         return label
 
     @model_validator(mode="after")
@@ -130,6 +133,7 @@ class Recipe(Config):
     def _preset_or_type(self) -> Recipe:
         if bool(self.preset) == bool(self.type):
             raise ValueError("a recipe names exactly one of 'preset' or 'type'")
+        check_recipe(*self.resolved())
         return self
 
     @property
@@ -141,6 +145,19 @@ class Recipe(Config):
         if self.type:
             return "daclip", {"types": [self.type], **self.overrides}
         return self.preset, dict(self.overrides)
+
+
+def check_recipe(preset_name: str, overrides: dict[str, Any]) -> None:
+    """Fail at load time, not in a worker halfway through the build."""
+    from degradations.config import build_config, merge
+    from degradations.presets import resolve_preset
+    from degradations.registry import get_pipeline
+
+    try:
+        preset = resolve_preset(preset_name)
+        build_config(get_pipeline(preset.pipeline).config_type, merge(preset.config, overrides))
+    except KeyError as err:
+        raise ValueError(err.args[0]) from None
 
 
 class CropConfig(Config):

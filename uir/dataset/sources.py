@@ -69,7 +69,9 @@ def _expand(config: DatasetConfig, pattern: str, recursive: bool) -> list[Path]:
 
 def _hq_candidates(config: DatasetConfig, source: HQSource) -> list[Candidate]:
     root = Path(config.root)
-    files = {p.resolve() for pattern in source.paths for p in _expand(config, pattern, source.recursive)}
+    files = {
+        p.resolve() for pattern in source.paths for p in _expand(config, pattern, source.recursive)
+    }
     return [Candidate(source.name, p, _relative(p, root)) for p in files]
 
 

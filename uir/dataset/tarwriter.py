@@ -3,12 +3,15 @@
 Every header field that could vary between machines or runs is fixed (mtime 0, uid/gid 0, no
 user names, mode 0644, USTAR), members are written in a fixed order, and the SHA-256 is taken
 while writing so a shard is never read back just to be hashed.
+
+Members are written directly (``TarInfo.tobuf`` header, data, NUL padding; two zero blocks and
+a pad to the 10 KiB record at the end), the bytes ``tarfile.addfile``/``close`` produce, without
+its 16 KiB copy loop: one write and one hash update per piece instead of one per 16 KiB.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import tarfile
 from collections.abc import Mapping
@@ -21,6 +24,10 @@ from uir.dataset.schema import check_key
 
 BLOCK = tarfile.BLOCKSIZE
 _END_OF_ARCHIVE = 2 * BLOCK
+_ZEROS = bytes(BLOCK)
+# What tarfile.open(..., "w") uses for header names: the file system encoding, as it did here.
+_ENCODING = tarfile.ENCODING
+_ERRORS = "surrogateescape"
 
 
 @dataclass(frozen=True)
@@ -32,7 +39,7 @@ class ShardFile:
     samples: int
 
 
-class _HashingFile(io.RawIOBase):
+class _HashingFile:
     """Passes writes through to a file while hashing and counting them."""
 
     def __init__(self, file: BinaryIO) -> None:
@@ -41,18 +48,11 @@ class _HashingFile(io.RawIOBase):
         self.md5 = hashlib.md5(usedforsecurity=False)
         self.size = 0
 
-    def writable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.size
-
-    def write(self, data: bytes) -> int:  # type: ignore[override]
+    def write(self, data: bytes) -> None:
         self._file.write(data)
         self.digest.update(data)
         self.md5.update(data)
         self.size += len(data)
-        return len(data)
 
 
 def member_info(name: str, size: int) -> tarfile.TarInfo:
@@ -79,18 +79,22 @@ class TarShardWriter:
         self._temporary = temporary_path(path)
         self._file = open(self._temporary, "xb")  # noqa: SIM115  (closed in close/abort)
         self._hashing = _HashingFile(self._file)
-        self._tar = tarfile.open(
-            fileobj=self._hashing, mode="w", format=tarfile.USTAR_FORMAT  # type: ignore[arg-type]
-        )
         self.samples = 0
         self.payload = 0
 
     def write(self, key: str, members: Mapping[str, bytes]) -> None:
         """Members in sorted extension order, so a sample's bytes do not depend on dict order."""
         check_key(key)
+        out = self._hashing
         for extension in sorted(members):
             data = members[extension]
-            self._tar.addfile(member_info(f"{key}.{extension}", len(data)), io.BytesIO(data))
+            info = member_info(f"{key}.{extension}", len(data))
+            out.write(info.tobuf(tarfile.USTAR_FORMAT, _ENCODING, _ERRORS))
+            if data:
+                out.write(data)
+            padding = -len(data) % BLOCK
+            if padding:
+                out.write(_ZEROS[:padding])
         self.samples += 1
         self.payload += sample_size(members)
 
@@ -100,7 +104,10 @@ class TarShardWriter:
         return -(-used // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
 
     def close(self) -> ShardFile:
-        self._tar.close()
+        self._hashing.write(bytes(_END_OF_ARCHIVE))
+        tail = -self._hashing.size % tarfile.RECORDSIZE
+        if tail:
+            self._hashing.write(bytes(tail))
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()

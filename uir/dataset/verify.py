@@ -59,7 +59,9 @@ class _HashingReader:
 def load_manifest(folder: Path) -> dict[str, Any]:
     path = folder / schema.MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(f"{folder}: no {schema.MANIFEST} (not a finished UIR Forge dataset)")
+        raise FileNotFoundError(
+            f"{folder}: no {schema.MANIFEST} (not a finished UIR Forge dataset)"
+        )
     return json.loads(path.read_text())
 
 
@@ -144,7 +146,9 @@ def _check_shard(
     elif reader.md5.hexdigest() != entry["md5"]:
         report.problems.append(f"{entry['name']}: md5 mismatch")
     if count != entry["samples"]:
-        report.problems.append(f"{entry['name']}: {count} samples, manifest says {entry['samples']}")
+        report.problems.append(
+            f"{entry['name']}: {count} samples, manifest says {entry['samples']}"
+        )
     report.shards += 1
     report.samples += count
 
@@ -177,7 +181,9 @@ def _check_counts(folder: Path, manifest: dict[str, Any], report: VerifyReport) 
     counts = manifest["counts"]
     if report.samples != counts["samples"]:
         report.problems.append(f"{report.samples} samples, manifest says {counts['samples']}")
-    split_sums = {s: sum(e["samples"] for e in manifest["shards"] if e["split"] == s) for s in SPLITS}
+    split_sums = {
+        s: sum(e["samples"] for e in manifest["shards"] if e["split"] == s) for s in SPLITS
+    }
     if split_sums != counts["splits"]:
         report.problems.append(f"split counts {split_sums} != manifest {counts['splits']}")
     rejects = read_rejects(folder / schema.REJECTS)
@@ -201,7 +207,9 @@ def _check_counts(folder: Path, manifest: dict[str, Any], report: VerifyReport) 
             continue
         try:
             index = json.loads(index_path.read_text())
-            listed = [(s["url"], s["nsamples"], s["filesize"], s["md5sum"]) for s in index["shardlist"]]
+            listed = [
+                (s["url"], s["nsamples"], s["filesize"], s["md5sum"]) for s in index["shardlist"]
+            ]
         except (OSError, ValueError, KeyError, TypeError):
             report.problems.append(f"{index_path.name}: missing or unreadable")
             continue
