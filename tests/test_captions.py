@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +29,13 @@ WORDS = "a an the cat dog on sits red blue sky over tree with and of in man woma
 
 
 @pytest.fixture(scope="module")
-def tiny_blip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_blip(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A two-layer BLIP with a 26-token vocabulary, built once and saved like a real checkpoint."""
     torch = pytest.importorskip("torch")
+    # A 32-wide model gains nothing from threads, and spinning OpenMP workers stall for seconds
+    # when other jobs share the cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     transformers = pytest.importorskip("transformers")
     # The real checkpoint's layout: BERT specials, then words, then the [DEC] start token.
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS.split(), "[DEC]"]
@@ -80,7 +84,8 @@ def tiny_blip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("tiny-blip")
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
-    return directory
+    yield directory
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +233,9 @@ def test_duplicate_hashes_are_captioned_once(tiny_blip, images, tmp_path):
 
 def test_sidecar_captions_are_single_lines_and_need_no_model(images, tmp_path):
     requests = _requests(tmp_path, images[:2])
-    requests[0].path.with_suffix(".txt").write_text("\ufeff  a red\tcar\r\n on a  road \n")
+    requests[0].path.with_suffix(".txt").write_text(
+        "\ufeff  a red\tcar\r\n on a  road \n", encoding="utf-8"
+    )
     requests[1].path.with_suffix(".txt").write_text("a blue sky")
 
     def no_blip() -> BlipCaptioner:
