@@ -199,16 +199,21 @@ def cmd_build(args: argparse.Namespace) -> None:
         config = load_dataset_config(name, args.params, overrides)
     except ConfigError as err:
         _fail(str(err))
-    if args.engine == "local":
-        from uir.dataset.build import run_build, stderr_progress
+    from uir.dataset.captions import CaptionError
 
-        manifest = run_build(config, progress=stderr_progress(config.name)).manifest
-    else:
-        from flows.build_dataset import build_dataset
+    try:
+        if args.engine == "local":
+            from uir.dataset.build import run_build, stderr_progress
 
-        manifest = build_dataset(
-            name, params=str(args.params), overrides=overrides, dvc_commit=args.dvc_commit
-        )
+            manifest = run_build(config, progress=stderr_progress(config.name)).manifest
+        else:
+            from flows.build_dataset import build_dataset
+
+            manifest = build_dataset(
+                name, params=str(args.params), overrides=overrides, dvc_commit=args.dvc_commit
+            )
+    except (ConfigError, CaptionError) as err:
+        _fail(str(err))
     counts = manifest["counts"]
     print(
         f"built {config.name} {config.version} in {config.output_dir}: {counts['samples']} "
@@ -217,7 +222,7 @@ def cmd_build(args: argparse.Namespace) -> None:
     )
 
 
-def cmd_verify(args: argparse.Namespace) -> None:
+def cmd_verify(args: argparse.Namespace) -> int:
     from uir.dataset.verify import verify
 
     report = verify(Path(args.dir))
@@ -225,8 +230,9 @@ def cmd_verify(args: argparse.Namespace) -> None:
         print(f"FAIL {problem}")
     if not report.ok:
         print(f"{args.dir}: {len(report.problems)} problem(s)", file=sys.stderr)
-        raise SystemExit(EXIT_VERIFY)
+        return EXIT_VERIFY
     print(f"OK {args.dir}: {report.shards} shards, {report.samples} samples verified")
+    return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -366,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from degradations.plugins import load_modules
 
             load_modules(args.plugin)
-        args.run(args)
+        code = args.run(args)
     except (CommandError, ImageDecodeError, ImportError) as err:
         print(f"uir: error: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -376,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:
         print(f"uir: error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
         return EXIT_USAGE
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":
