@@ -78,8 +78,8 @@ def load_rgb(
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageDecodeError(
-                    f"{label}: {width}x{height} = {width * height / 1e6:.1f} MP exceeds the "
-                    f"{max_pixels / 1e6:.1f} MP limit"
+                    f"{label}: {width}x{height} = {width * height:,} pixels exceeds the "
+                    f"{max_pixels:,}-pixel limit"
                 )
             if width == 0 or height == 0:
                 raise ImageDecodeError(f"{label}: zero-sized image ({width}x{height})")
@@ -173,7 +173,7 @@ def _bomb_reason(error: Image.DecompressionBombError) -> str:
     if counts is None:
         return f"decompression bomb ({error})"
     pixels, limit = (int(count) for count in counts.groups())
-    return f"{pixels / 1e6:.1f} MP exceeds the {limit / 1e6:.1f} MP limit"
+    return f"{pixels:,} pixels exceeds the {limit:,}-pixel limit"
 
 
 def _is_truncated_by_pillow(data: bytes) -> bool:

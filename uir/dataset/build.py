@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import (
     Executor,
-    Future,
     ProcessPoolExecutor,
     ThreadPoolExecutor,
     as_completed,
 )
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -58,6 +58,12 @@ class BuildReport:
 
 def ingest_batches(candidates: Sequence[Candidate]) -> list[list[Candidate]]:
     return [list(candidates[i : i + INGEST_BATCH]) for i in range(0, len(candidates), INGEST_BATCH)]
+
+
+def _ingest_indexed(
+    indexed: tuple[int, Sequence[Candidate]], config: DatasetConfig
+) -> tuple[int, list[Item | Rejection]]:
+    return indexed[0], ingest_batch(indexed[1], config)
 
 
 def min_side(config: DatasetConfig) -> int:
@@ -136,24 +142,24 @@ def prepare_output(config: DatasetConfig) -> Path:
     return output
 
 
-def _executor(config: DatasetConfig, workers: int | None) -> Executor:
-    count = workers or config.runner.workers
+def _executor(config: DatasetConfig, count: int) -> Executor:
     if config.runner.kind == "thread":
         return ThreadPoolExecutor(count)
     # spawn: the parent may hold torch threads (BLIP) that do not survive a fork
     return ProcessPoolExecutor(count, mp_context=get_context("spawn"))
 
 
-class _Inline(Executor):
-    """Runs each call in the caller: the 1-worker path without pool overhead."""
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        future: Future[Any] = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as err:
-            future.set_exception(err)
-        return future
+def _run_each(
+    pool: Executor | None, fn: Callable[..., Any], items: Sequence[Any], *args: Any
+) -> Iterator[Any]:
+    """Results as they finish (in order when inline, so progress shows as work is done)."""
+    if pool is None:
+        for item in items:
+            yield fn(item, *args)
+        return
+    futures = [pool.submit(fn, item, *args) for item in items]
+    for future in as_completed(futures):
+        yield future.result()
 
 
 def stderr_progress(name: str) -> Progress:
@@ -178,25 +184,25 @@ def run_build(
     clock = time.perf_counter()
     count = workers or config.runner.workers
     inline = count == 1 or config.runner.kind == "sequential"
-    pool = _Inline() if inline else _executor(config, count)
-    with pool:
+    with nullcontext(None) if inline else _executor(config, count) as pool:
         candidates, pairing_rejects = discover(config)
         batches = ingest_batches(candidates)
-        futures = [pool.submit(ingest_batch, batch, config) for batch in batches]
-        results: list[Item | Rejection] = []
-        for future in futures:  # in order: results must not depend on completion order
-            results.extend(future.result())
-            progress("ingest", len(results), len(candidates))
+        by_batch: dict[int, list[Item | Rejection]] = {}
+        indexed = list(enumerate(batches))
+        for index, found in _run_each(pool, _ingest_indexed, indexed, config):
+            by_batch[index] = found
+            progress("ingest", sum(map(len, by_batch.values())), len(candidates))
+        # in candidate order: what is kept as the original of a duplicate must not vary
+        results = [result for index in sorted(by_batch) for result in by_batch[index]]
         selection = select(config, pairing_rejects, results)
         seconds["ingest"] = time.perf_counter() - clock
         captions = caption(config, selection, progress)
         seconds["captions"] = time.perf_counter() - clock - sum(seconds.values())
         chunks = plan(config, selection, captions)
         output = prepare_output(config)
-        futures = [pool.submit(write_chunk, chunk, output) for chunk in chunks]
         chunk_results: list[ChunkResult] = []
-        for future in as_completed(futures):
-            chunk_results.append(future.result())
+        for result in _run_each(pool, write_chunk, chunks, output):
+            chunk_results.append(result)
             progress("shards", len(chunk_results), len(chunks))
         seconds["shards"] = time.perf_counter() - clock - sum(seconds.values())
     manifest = finalize(

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from uir.dataset import schema
-from uir.dataset.atomic import write_json_atomic, write_text_atomic
+from uir.dataset.atomic import remove_temporaries, write_json_atomic, write_text_atomic
 from uir.dataset.chunks import ChunkResult
 from uir.dataset.config import SPLITS, DatasetConfig
 from uir.dataset.plan import Chunk
@@ -119,6 +119,7 @@ def finalize(
     """Check every planned chunk is complete, then write the dataset files, manifest last."""
     folder = config.output_dir
     ordered = _check_complete(chunks, results)
+    remove_temporaries(folder)  # every chunk is done: any temporary left is from a killed run
     keep = {s.name for r in ordered for s in r.shards}
     keep |= {schema.stats_name(r.split, r.index) for r in ordered}
     _remove_stale(folder, keep)

@@ -1,0 +1,154 @@
+"""Shared, generic test helpers: running the installed CLI in an isolated environment, writing
+params files, making small test photographs and fingerprinting folders."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+"""The bin folder of the interpreter running the tests: where `uir` and `dvc` are installed."""
+
+
+@pytest.fixture(scope="session")
+def venv_bin() -> Path:
+    return VENV_BIN
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for subprocesses: the venv first on PATH, offline model hubs, no analytics,
+    and Prefect/DVC state kept under tmp_path instead of the user's home."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DVC_"))}
+    env.update(
+        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+        PREFECT_HOME=str(tmp_path / ".prefect-home"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        # Two cores shared with other jobs: a fresh ephemeral server (new database) can take
+        # longer than Prefect's 20 s default to answer.
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
+        DVC_NO_ANALYTICS="1",
+        DVC_SITE_CACHE_DIR=str(tmp_path / ".dvc-site-cache"),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.fixture
+def run_cli(cli_env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run a console script of the venv (``run_cli("uir", "verify", DIR)``), capturing text."""
+
+    def run(
+        program: str, *args: Any, cwd: Path | None = None, check: bool = True,
+        timeout: float = 300,
+    ) -> subprocess.CompletedProcess[str]:
+        command = [str(VENV_BIN / program), *map(str, args)]
+        done = subprocess.run(
+            command, cwd=cwd, env=cli_env, capture_output=True, text=True, timeout=timeout,
+            check=False,
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(command)} exited {done.returncode}\n"
+                f"stdout:\n{done.stdout[-4000:]}\nstderr:\n{done.stderr[-4000:]}"
+            )
+        return done
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def write_params() -> Callable[..., Path]:
+    """Write ``FOLDER/params.yaml`` holding the given datasets; returns its path."""
+
+    def write(folder: Path, datasets: dict[str, dict[str, Any]]) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "params.yaml"
+        path.write_text(yaml.safe_dump({"datasets": datasets}, sort_keys=False))
+        return path
+
+    return write
+
+
+def photo_pixels(height: int, width: int, seed: int) -> np.ndarray:
+    """A smooth colourful image with some texture, different for every seed."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    phase = rng.uniform(0, 2 * np.pi, 3)
+    freq = rng.uniform(0.03, 0.15, 3)
+    channels = [127 + 100 * np.sin(freq[c] * x + phase[c]) * np.cos(freq[c] * 0.7 * y)
+                for c in range(3)]
+    image = np.stack(channels, axis=-1) + rng.normal(0, 8, (height, width, 3))
+    return image.clip(0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def make_photo() -> Callable[..., Path]:
+    """Save a test photograph (any Pillow format by suffix) and optionally its caption sidecar."""
+
+    def make(
+        path: Path, size: tuple[int, int] = (64, 64), seed: int = 0,
+        caption: str | None = None, pixels: np.ndarray | None = None, **save: Any,
+    ) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        array = photo_pixels(*size, seed) if pixels is None else pixels
+        Image.fromarray(array).save(path, **save)
+        if caption is not None:
+            path.with_suffix(".txt").write_text(caption + "\n")
+        return path
+
+    return make
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+@pytest.fixture(scope="session")
+def folder_digests() -> Callable[[Path], dict[str, str]]:
+    """sha256 of every visible regular file directly in a folder, by name."""
+
+    def digests(folder: Path) -> dict[str, str]:
+        return {
+            p.name: sha256_file(p)
+            for p in sorted(folder.iterdir())
+            if p.is_file() and not p.name.startswith(".")
+        }
+
+    return digests
+
+
+@pytest.fixture(scope="session")
+def file_identity() -> Callable[[Sequence[Path]], dict[str, tuple[int, int]]]:
+    """(inode, mtime_ns) of files that exist: unchanged means the file was not rewritten."""
+
+    def identity(paths: Sequence[Path]) -> dict[str, tuple[int, int]]:
+        found = {}
+        for path in paths:
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            found[path.name] = (stat.st_ino, stat.st_mtime_ns)
+        return found
+
+    return identity
