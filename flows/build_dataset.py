@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from uir.dataset import build
@@ -37,7 +40,8 @@ def make_task_runner(runner: RunnerConfig) -> TaskRunner[Any]:
     if runner.kind in ("process",):
         return ProcessPoolTaskRunner(max_workers=runner.workers)
     if runner.kind in ("thread", "sequential"):
-        return ThreadPoolTaskRunner(max_workers=1 if runner.kind == "sequential" else runner.workers)
+        workers = 1 if runner.kind == "sequential" else runner.workers
+        return ThreadPoolTaskRunner(max_workers=workers)
     try:
         if runner.kind == "dask":
             from prefect_dask import DaskTaskRunner  # type: ignore[import-not-found]
@@ -89,10 +93,31 @@ def build_dataset(
     dvc.lock afterwards (for runs outside `dvc repro`, such as deployments)."""
     config = load_dataset_config(dataset, params, overrides)
     runner = make_task_runner(config.runner)
-    manifest = _build_on_runner.with_options(task_runner=runner)(config)
+    with _workers_share_api():
+        manifest = _build_on_runner.with_options(task_runner=runner)(config)
     if dvc_commit and config.dvc_stage:
         record_in_dvc(config.root, config.dvc_stage)
     return manifest
+
+
+@contextmanager
+def _workers_share_api() -> Iterator[None]:
+    """Point worker processes at this process's temporary API server.
+
+    Without PREFECT_API_URL (`uir build`), Prefect runs the flow against a temporary server
+    that only this process knows about, so each process-pool worker would start one more of
+    its own (10-20 s each on two cores). The pool copies the current settings into its
+    workers, so exporting the running server's URL makes them share this one.
+    """
+    if PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer  # heavy: only when needed
+
+    server = SubprocessASGIServer()  # the per-process singleton that Prefect's client started
+    server.start()  # a no-op when it runs already (it does, inside a flow run)
+    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        yield
 
 
 @flow(name=f"{FLOW_NAME}-run")
@@ -156,7 +181,8 @@ def _summary_artifact(name: str, manifest: dict[str, Any], results: list[ChunkRe
 def record_in_dvc(root: str, stage: str) -> None:
     """`dvc commit` the stage so a build made outside `dvc repro` is versioned the same way."""
     completed = subprocess.run(
-        [sys.executable, "-m", "dvc", "commit", "--force", stage], cwd=root, capture_output=True, text=True, check=False
+        [sys.executable, "-m", "dvc", "commit", "--force", stage],
+        cwd=root, capture_output=True, text=True, check=False,
     )
     if completed.returncode != 0:
         raise RuntimeError(f"dvc commit {stage} failed: {completed.stderr.strip()}")

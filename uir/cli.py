@@ -358,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the build-dataset deployments "
                                 "(needs PREFECT_API_URL; see scripts/serve.sh)")
     serve.add_argument("--params", default="params.yaml")
-    serve.add_argument("--port", type=int, default=4200)
+    serve.add_argument("--port", type=int, default=4200,
+                       help="local server port, used when PREFECT_API_URL is not set")
     serve.set_defaults(run=cmd_serve)
     return parser
 
