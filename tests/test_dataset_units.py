@@ -216,8 +216,8 @@ def test_chunks_split_by_count_and_digest_changes_with_content(tmp_path):
 
 # --- tar shards -----------------------------------------------------------------------------
 
-def _write(path: Path, samples: dict[str, dict[str, bytes]]):
-    writer = TarShardWriter(path)
+def _write(path: Path, samples: dict[str, dict[str, bytes]], md5: bool = False):
+    writer = TarShardWriter(path, md5=md5)
     for key, members in samples.items():
         writer.write(key, members)
     return writer.close()
@@ -226,13 +226,14 @@ def _write(path: Path, samples: dict[str, dict[str, bytes]]):
 def test_tar_shards_are_byte_deterministic_and_hashed(tmp_path):
     samples = {"k1": {"txt": b"a", "json": b"{}", "hq.png": b"x" * 700},
                "k2": {"json": b"{}", "txt": b"b", "hq.png": b"y"}}
-    first = _write(tmp_path / "a.tar", samples)
+    first = _write(tmp_path / "a.tar", samples, md5=True)
     reordered = {k: dict(reversed(list(v.items()))) for k, v in samples.items()}
     second = _write(tmp_path / "b.tar", reordered)
     data = (tmp_path / "a.tar").read_bytes()
     assert data == (tmp_path / "b.tar").read_bytes()
     assert first.sha256 == hashlib.sha256(data).hexdigest() == second.sha256
     assert first.md5 == hashlib.md5(data).hexdigest() and first.bytes == len(data)
+    assert second.md5 is None
     assert first.samples == 2
     with tarfile.open(tmp_path / "a.tar") as tar:
         infos = tar.getmembers()
@@ -289,3 +290,17 @@ def test_daclip_caption_survives_their_title_split(caption, expected):
     rows = io.StringIO()
     csv.writer(rows, delimiter="\t", lineterminator="\n").writerow(["p.png", title])
     assert next(csv.reader(io.StringIO(rows.getvalue()), delimiter="\t")) == ["p.png", title]
+
+
+@pytest.mark.parametrize("compression", [0, 1, 6])
+@pytest.mark.parametrize("shape", [(37, 53, 3), (37, 53), (1, 1, 3), (300, 2, 3)])
+def test_shard_png_encoder_round_trips(compression, shape):
+    from uir.dataset.samples import encode_png
+    from uir.imageio import load_rgb
+
+    rng = np.random.default_rng(sum(shape) + compression)
+    image = rng.integers(0, 256, shape, dtype=np.uint8)
+    image[: shape[0] // 2] //= 7  # some smooth rows so filtering matters
+    decoded = load_rgb(encode_png(image, compression))
+    expected = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
+    assert np.array_equal(decoded, expected)

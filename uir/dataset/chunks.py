@@ -90,7 +90,7 @@ def write_chunk(chunk: Chunk, folder: Path) -> ChunkResult:
                 writer = None
             if writer is None:
                 name = schema.shard_name(chunk.split, chunk.index, len(shards))
-                writer = TarShardWriter(folder / name)
+                writer = TarShardWriter(folder / name, md5=chunk.settings.md5)
             writer.write(spec.key, members)
             tally(metadata, counts)
         if writer is not None:

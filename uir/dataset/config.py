@@ -183,7 +183,10 @@ class SynthesisConfig(Config):
 class ShardConfig(Config):
     max_count: int = Field(1000, ge=1)
     max_bytes: int = Field(1 << 30, ge=1 << 16)
-    png_compression: int = Field(1, ge=0, le=9)
+    # 0 stores the PNGs: deflate level 1 saves ~45% of the bytes for ~1.8 ms/pair at 256x256.
+    png_compression: int = Field(0, ge=0, le=9)
+    # wids uses md5sum only to check downloads; the manifest's SHA-256 is the integrity check.
+    md5: bool = False
 
 
 RunnerKind = Literal["process", "thread", "dask", "ray", "sequential"]

@@ -100,7 +100,8 @@ def wids_index(config: DatasetConfig, results: Sequence[ChunkResult], split: str
         "wids_version": 1,
         "name": f"{config.name}-{split}",
         "shardlist": [
-            {"url": s.name, "nsamples": s.samples, "filesize": s.bytes, "md5sum": s.md5}
+            {"url": s.name, "nsamples": s.samples, "filesize": s.bytes}
+            | ({"md5sum": s.md5} if s.md5 else {})
             for r in results
             if r.split == split
             for s in r.shards

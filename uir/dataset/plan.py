@@ -20,7 +20,7 @@ from degradations.seeding import derive_seed, generator
 from uir.dataset.captions import Caption
 from uir.dataset.config import SPLITS, DatasetConfig
 from uir.dataset.ingest import Item, pair_scale
-from uir.dataset.schema import SCHEMA_VERSION, check_key
+from uir.dataset.schema import ENCODER_VERSION, SCHEMA_VERSION, check_key
 from uir.imageio import DEPTH_SUFFIX, sidecar
 
 KEY_HASH_CHARS = 16
@@ -66,6 +66,7 @@ class ShardSettings:
     max_count: int
     max_bytes: int
     png_compression: int
+    md5: bool
     max_pixels: int
     dataset: str
     version: str
@@ -166,6 +167,7 @@ def shard_settings(config: DatasetConfig) -> ShardSettings:
         max_count=config.shards.max_count,
         max_bytes=config.shards.max_bytes,
         png_compression=config.shards.png_compression,
+        md5=config.shards.md5,
         max_pixels=config.ingest.max_pixels,
         dataset=config.name,
         version=config.version,
@@ -177,6 +179,7 @@ def chunk_digest(samples: Sequence[SampleSpec], settings: ShardSettings, code: s
     blob = json.dumps(
         {
             "schema": SCHEMA_VERSION,
+            "encoder": ENCODER_VERSION,
             "code": code,
             "settings": asdict(settings),
             "samples": [s.portable() for s in samples],

@@ -41,6 +41,9 @@ def _png_chunk(tag: bytes, data: bytes | memoryview) -> list[bytes | memoryview]
     return [struct.pack(">I", len(data)), tag, data, struct.pack(">I", crc)]
 
 
+_PNG_END = b"".join(_png_chunk(b"IEND", b""))
+
+
 def encode_png(image: np.ndarray, compression: int) -> bytes:
     """uint8 HxW grey, HxWx3 RGB or HxWx4 RGBA as PNG; ``compression`` 0 stores, 1-9 deflate."""
     channels = 1 if image.ndim == 2 else image.shape[2] if image.ndim == 3 else 0
@@ -61,7 +64,7 @@ def encode_png(image: np.ndarray, compression: int) -> bytes:
     parts: list[bytes | memoryview] = [_PNG_SIGNATURE, *_png_chunk(b"IHDR", header)]
     for start in range(0, len(stream), _IDAT_MAX):
         parts += _png_chunk(b"IDAT", stream[start : start + _IDAT_MAX])
-    parts += _png_chunk(b"IEND", b"")
+    parts.append(_PNG_END)
     return b"".join(parts)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 
 SCHEMA_VERSION = "uir-forge-shards/1"
+# Bumped whenever the bytes our encoders write change, so resumed builds never mix encodings.
+ENCODER_VERSION = "uir-png/1"
 
 HQ = "hq.png"
 LQ = "lq.png"
