@@ -11,14 +11,14 @@ steps ``run_build`` runs), then each SampleSpec's already decoded and cropped HQ
 ``degradations.synthesize_sample`` alone, in one thread, and only that call is timed.
 
 End-to-end builds call ``run_build`` as it is, on a fresh output folder each time, with 1 worker
-(inline in this process) and with 2 spawned worker processes (the pool is created inside the
-timed call, so process start and imports count). Nothing is excluded.
+(inline in this process) and with 2 worker processes (the pool is created inside the timed
+call, so process start counts; ``run_build`` forks its workers unless torch is loaded).
+Nothing is excluded.
 
 Config: the ``demo`` entry of params.yaml with these overrides, and why:
 - ``synthesis.variants`` 64 (``--quick``: 32) and ``shards.max_count`` 16: the demo has 7
-  photographs; with its own 8 variants a 1-worker build takes under a second, less than a
-  spawned worker needs to start, and its 4 chunks cannot balance over 2 workers. 64 variants
-  give 448 pairs in 28 chunks.
+  photographs; with its own 8 variants a 1-worker build takes under a second, and its 4
+  chunks cannot balance over 2 workers. 64 variants give 448 pairs in 28 chunks.
 - ``shards.png_compression`` 0 (``--png-compression``): stored PNGs, the codec setting that fits
   the budget: deflate (libdeflate level 1) costs ~2.5 ms/pair more, a third of synthesis by
   itself, for 45% smaller shards. The full run also times a 1-worker build at level 1.
@@ -28,7 +28,7 @@ Config: the ``demo`` entry of params.yaml with these overrides, and why:
 - ``output`` and the caption cache in a temporary folder, so the repository is not touched.
 
 Threads: one per process (OpenCV, OpenMP, BLAS), set through the environment before anything
-loads, so spawned workers inherit it: the targets are per-process throughput and scaling by
+loads, so workers inherit it: the targets are per-process throughput and scaling by
 processes, and with default threading a 1-worker build would already use both cores of a small
 machine while a 2-worker build would oversubscribe them.
 
@@ -37,9 +37,8 @@ looks idle (``--idle-wait``). CPU seconds (this process and its reaped workers) 
 to wall seconds, and so are the cores other processes used meanwhile ("others"): a speed-up
 measured while others ran is not a property of the build.
 
-Context rows (full run only, not targets): pure synthesis split over 2 already started processes
-(what this machine gives two processes of this workload: the speed-up's ceiling), and
-``run_build`` with its pool forked instead of spawned (what the workers' start costs).
+Context row (full run only, not a target): pure synthesis split over 2 already started
+processes (what this machine gives two processes of this workload: the speed-up's ceiling).
 
 Memory: builds (2 workers) of N copies of the demo photos and of 4N copies (flipped/rotated, so
 every copy has other pixels and survives de-duplication), each in a fresh process, reporting max
@@ -51,7 +50,7 @@ from __future__ import annotations
 
 import os
 
-# Before numpy / OpenCV load: one thread per process, inherited by the spawned workers.
+# Before numpy / OpenCV load: one thread per process, inherited by the workers.
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
              "OPENCV_FOR_THREADS_NUM"):
     os.environ[_var] = "1"
@@ -70,7 +69,7 @@ from collections.abc import Callable, Iterator  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from dataclasses import asdict, dataclass, field  # noqa: E402
-from multiprocessing import get_all_start_methods, get_context  # noqa: E402
+from multiprocessing import get_context  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -289,15 +288,6 @@ def timed_build(setup: Setup, workers: int, name: str, png_compression: int | No
                {stage: round(value, 2) for stage, value in report.seconds.items()})
 
 
-def pool_start_seconds() -> float:
-    """Wall seconds for a 1-worker spawn pool to start and import the build: what each worker
-    of ``run_build`` pays before its first task."""
-    start = time.perf_counter()
-    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-        pool.submit(build.ingest_batches, []).result()
-    return time.perf_counter() - start
-
-
 def _synthesis_in_worker(chunks: list[Chunk]) -> tuple[float, float, int]:
     return synthesis_pass(chunks)
 
@@ -311,22 +301,6 @@ def synthesis_two_processes(chunks: list[Chunk], pool: ProcessPoolExecutor) -> T
     workers_cpu = sum(h[1] for h in halves)  # the live workers' CPU is not in RUSAGE_CHILDREN
     others = max(0.0, outer.others - workers_cpu / outer.wall)
     return Timing(max(h[0] for h in halves), workers_cpu, others)
-
-
-@contextmanager
-def forked_pool() -> Iterator[None]:
-    """What-if, not a target: ``run_build`` with a fork pool, whose workers inherit this
-    process's imports instead of spending ~1 s each re-importing them (see the report)."""
-    original = build._executor
-
-    def executor(config: DatasetConfig, count: int) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(count, mp_context=get_context("fork"))
-
-    build._executor = executor  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        build._executor = original  # type: ignore[assignment]
 
 
 # --------------------------------------------------------------------------- memory
@@ -465,8 +439,7 @@ def main(argv: list[str] | None = None) -> None:
               f"process; OpenCV {cv2.__version__}, numpy {np.__version__}; best of {repeats}")
         build.run_build(setup.config("warmup"), workers=1)  # imports, file cache, git lookup
         extras = not args.quick
-        can_fork = "fork" in get_all_start_methods() and hasattr(build, "_executor")
-        runs: dict[str, list[Run]] = {key: [] for key in ("synth", "1w", "2w", "synth2", "fork")}
+        runs: dict[str, list[Run]] = {key: [] for key in ("synth", "1w", "2w", "synth2")}
         waited = 0.0
         with ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
             if extras:  # start both processes and warm their caches, untimed
@@ -484,24 +457,18 @@ def main(argv: list[str] | None = None) -> None:
                     waited += wait_for_idle(idle_wait)
                     runs["synth2"].append(Run("synth2", synthesis_two_processes(chunks, pool),
                                               pairs))
-                if extras and can_fork:
-                    waited += wait_for_idle(idle_wait)
-                    with forked_pool():
-                        runs["fork"].append(timed_build(setup, 2, f"fork-{run}"))
-        for key in ("1w", "2w", "fork"):
+        for key in ("1w", "2w"):
             assert all(r.pairs == pairs for r in runs[key]), [r.pairs for r in runs[key]]
         level1 = None
         if extras and setup.png_compression != 1:
             waited += wait_for_idle(idle_wait)
             level1 = timed_build(setup, 1, "1w-level1", png_compression=1)
-        start_s = pool_start_seconds()
 
         best = {key: min(r, key=lambda run: run.timing.wall) for key, r in runs.items() if r}
         synth_rate = best["synth"].pairs_per_s
         ratio = best["1w"].pairs_per_s / synth_rate
         speedup = best["2w"].pairs_per_s / best["1w"].pairs_per_s
         ceiling = best["synth2"].pairs_per_s / synth_rate if "synth2" in best else None
-        fork_speedup = best["fork"].pairs_per_s / best["1w"].pairs_per_s if "fork" in best else None
         print()
         rows = [("pure synthesis (1 thread)", runs["synth"]),
                 ("run_build, 1 worker", runs["1w"]), ("run_build, 2 workers", runs["2w"])]
@@ -509,8 +476,6 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(("run_build, 1 worker, PNG level 1", [level1]))
         if ceiling:
             rows.append(("pure synthesis, 2 processes", runs["synth2"]))
-        if fork_speedup:
-            rows.append(("run_build, 2 workers, fork (*)", runs["fork"]))
         print_runs(pairs, rows)
         print(f"(cpu: this process plus its workers; others: cores other processes used "
               f"meanwhile; waited {waited:.0f} s in all for an idle machine)")
@@ -528,13 +493,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{100 * overhead_ms / synth_ms:.0f}% of synthesis; budget 33%)")
         print(f"e2e(2 workers) / e2e(1 worker) = {speedup:.2f}x (target >= {TARGET_SPEEDUP}): "
               f"{_verdict(speedup >= TARGET_SPEEDUP)}")
-        print(f"  a spawned worker needs {start_s:.2f} s to start and import before its first "
-              "task (run_build pays it inside the 2-worker figure)")
         if ceiling:
             print(f"  machine ceiling: pure synthesis on 2 processes = {ceiling:.2f}x one")
-        if fork_speedup:
-            print(f"  (*) what-if, not a target: workers forked instead of spawned = "
-                  f"{fork_speedup:.2f}x")
         others = max(best[key].timing.others for key in ("1w", "2w"))
         if others > IDLE_CORES:
             print(f"  note: other processes used up to {others:.2f} cores during the best "
@@ -572,8 +532,7 @@ def main(argv: list[str] | None = None) -> None:
                 "ratio_target_met": ratio >= TARGET_RATIO,
                 "speedup": speedup, "speedup_target": TARGET_SPEEDUP,
                 "speedup_target_met": speedup >= TARGET_SPEEDUP,
-                "worker_start_s": start_s, "synthesis_two_process_ceiling": ceiling,
-                "speedup_fork_what_if": fork_speedup,
+                "synthesis_two_process_ceiling": ceiling,
                 "memory": memory, "memory_growth": growth,
                 "memory_growth_limit": MEMORY_GROWTH_LIMIT,
                 "memory_target_met": growth <= MEMORY_GROWTH_LIMIT,

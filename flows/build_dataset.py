@@ -37,7 +37,7 @@ FLOW_NAME = "build-dataset"
 
 def make_task_runner(runner: RunnerConfig) -> TaskRunner[Any]:
     """Local pools need nothing; Dask and Ray need their Prefect integration packages."""
-    if runner.kind in ("process",):
+    if runner.kind == "process":
         return ProcessPoolTaskRunner(max_workers=runner.workers)
     if runner.kind in ("thread", "sequential"):
         workers = 1 if runner.kind == "sequential" else runner.workers

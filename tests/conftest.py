@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -152,3 +153,34 @@ def file_identity() -> Callable[[Sequence[Path]], dict[str, tuple[int, int]]]:
         return found
 
     return identity
+
+
+def _clone_working_tree(repo_root: Path, clone: Path, demo_changes: dict[str, Any]) -> Path:
+    """The working tree (tracked and untracked, not ignored) as a fresh one-commit git repo,
+    with ``demo_changes`` (dotted keys) applied to the demo dataset and the other datasets
+    dropped, so uncommitted work is what the clone runs."""
+    from degradations.config import merge
+
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=repo_root,
+        capture_output=True, check=True,
+    ).stdout.decode().split("\0")
+    for rel in filter(None, listed):
+        source = repo_root / rel
+        if source.is_file():  # tracked files deleted in the working tree are skipped
+            (clone / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, clone / rel)
+    params_path = clone / "params.yaml"
+    params = yaml.safe_load(params_path.read_text())
+    params["datasets"] = {"demo": merge(params["datasets"]["demo"], demo_changes)}
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    git = ["git", "-c", "user.name=UIR Test", "-c", "user.email=test@example.invalid"]
+    subprocess.run([*git, "init", "-q"], cwd=clone, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=clone, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "clone"], cwd=clone, check=True)
+    return clone
+
+
+@pytest.fixture(scope="session")
+def make_clone() -> Callable[[Path, Path, dict[str, Any]], Path]:
+    return _clone_working_tree

@@ -141,28 +141,12 @@ def demo_build(tmp_path_factory, make_photo, write_params) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_dvc_repro_in_a_fresh_clone(tmp_path, repo_root, run_cli, file_identity):
+def test_dvc_repro_in_a_fresh_clone(tmp_path, repo_root, run_cli, file_identity, make_clone):
     """`dvc repro` builds the demo dataset (through `uir build demo`, the Prefect engine) in a
     fresh git clone, records it in dvc.lock, is a no-op the second time, pushes to the default
     local remote and leaves `dvc status` clean."""
-    clone = tmp_path / "clone"
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=repo_root,
-        capture_output=True, check=True,
-    ).stdout.decode().split("\0")
-    for rel in filter(None, listed):
-        source = repo_root / rel
-        if source.is_file():  # tracked files deleted in the working tree are skipped
-            (clone / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, clone / rel)
-    params_path = clone / "params.yaml"
-    params = yaml.safe_load(params_path.read_text())
-    params["datasets"]["demo"]["synthesis"]["variants"] = 2  # 14 samples instead of 56
-    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-    git = ["git", "-c", "user.name=UIR Test", "-c", "user.email=test@example.invalid"]
-    subprocess.run([*git, "init", "-q"], cwd=clone, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=clone, check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "clone"], cwd=clone, check=True)
+    # 14 samples instead of 56
+    clone = make_clone(repo_root, tmp_path / "clone", {"synthesis.variants": 2})
 
     run_cli("dvc", "repro", cwd=clone, timeout=400)
     out = clone / "data" / "shards" / "demo"

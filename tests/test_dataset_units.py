@@ -295,8 +295,7 @@ def test_daclip_caption_survives_their_title_split(caption, expected):
 @pytest.mark.parametrize("compression", [0, 1, 6])
 @pytest.mark.parametrize("shape", [(37, 53, 3), (37, 53), (1, 1, 3), (300, 2, 3)])
 def test_shard_png_encoder_round_trips(compression, shape):
-    from uir.dataset.samples import encode_png
-    from uir.imageio import load_rgb
+    from uir.imageio import encode_png, load_rgb
 
     rng = np.random.default_rng(sum(shape) + compression)
     image = rng.integers(0, 256, shape, dtype=np.uint8)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -31,32 +30,6 @@ from flows.build_dataset import make_task_runner
 from uir.dataset.config import RunnerConfig
 
 FLOW_RUN_ID = re.compile(r"UUID: ([0-9a-f-]{36})")
-
-
-def make_clone(repo_root: Path, clone: Path) -> Path:
-    """The working tree (tracked and untracked, not ignored) as a fresh one-commit git repo, with
-    a smaller demo dataset: 14 samples in chunks of 4, so that progress has steps to show."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=repo_root,
-        capture_output=True, check=True,
-    ).stdout.decode().split("\0")
-    for rel in filter(None, listed):
-        source = repo_root / rel
-        if source.is_file():  # tracked files deleted in the working tree are skipped
-            (clone / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, clone / rel)
-    params_path = clone / "params.yaml"
-    params = yaml.safe_load(params_path.read_text())
-    demo = params["datasets"]["demo"]
-    demo["synthesis"]["variants"] = 2
-    demo["shards"]["max_count"] = 4
-    params["datasets"] = {"demo": demo}
-    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-    git = ["git", "-c", "user.name=UIR Test", "-c", "user.email=test@example.invalid"]
-    subprocess.run([*git, "init", "-q"], cwd=clone, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=clone, check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "clone"], cwd=clone, check=True)
-    return clone
 
 
 def free_port() -> int:
@@ -115,14 +88,19 @@ def stop_serving(serving: subprocess.Popen[bytes], env: dict[str, str], clone: P
 
 
 @pytest.mark.slow
-def test_deployment_run_through_a_local_server(tmp_path, repo_root, cli_env, run_cli):
+def test_deployment_run_through_a_local_server(
+    tmp_path, repo_root, cli_env, run_cli, make_clone
+):
     """serve.sh starts a server and serves build-dataset/demo; `prefect deployment run` builds
     verified shards with progress and summary artifacts and records them in dvc.lock; SIGTERM
     (Ctrl-C) stops the serving process and the server."""
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.exceptions import ObjectNotFound
 
-    clone = make_clone(repo_root, tmp_path / "clone")
+    # 14 samples in chunks of 4, so that progress has steps to show
+    clone = make_clone(
+        repo_root, tmp_path / "clone", {"synthesis.variants": 2, "shards.max_count": 4}
+    )
     port = free_port()
     env = {
         **cli_env, "PORT": str(port), "PREFECT_RUNNER_POLL_FREQUENCY": "1",

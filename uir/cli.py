@@ -27,13 +27,19 @@ def _fail(message: str) -> NoReturn:
     raise CommandError(message)
 
 
-def _overrides(args: argparse.Namespace, config_type: type) -> dict[str, Any]:
+def _parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
+    """``--set KEY=VALUE`` options as overrides; values are YAML (numbers, lists, ...)."""
     overrides: dict[str, Any] = {}
-    for item in args.set or []:
+    for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             _fail(f"--set expects KEY=VALUE, got {item!r}")
         overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def _overrides(args: argparse.Namespace, config_type: type) -> dict[str, Any]:
+    overrides = _parse_sets(args.set)
     if getattr(args, "scale", None) is not None:
         key = getattr(config_type, "scale_key", None)
         if key is None:
@@ -174,12 +180,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _build_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            _fail(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
+    overrides = _parse_sets(args.set)
     if args.workers:
         overrides["runner.workers"] = args.workers
     return overrides

@@ -3,69 +3,26 @@
 Variants of one HQ are consecutive in a chunk, so the decoded HQ (and its encoding, for
 full-image samples) is kept for the next sample instead of being redone K times.
 
-PNGs are assembled here rather than by OpenCV/libpng: every row gets the Up filter (one numpy
-subtraction, about as small as libpng's adaptive choice on photos) and the stream is deflated by
-libdeflate (imagecodecs), 3-4x faster than zlib at level 1 for the same size. Level 0 stores the
-rows unfiltered and uncompressed (no deflate work at all, ~50% larger). Both are deterministic for
-a given imagecodecs build, whose version is part of every chunk digest.
+PNGs come from `uir.imageio.encode_png` (libdeflate, deterministic for a given imagecodecs
+build, whose version is part of every chunk digest).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import struct
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
-import imagecodecs
 import numpy as np
 
 from degradations.engine import synthesize_sample
 from uir.dataset import schema
 from uir.dataset.plan import SampleSpec, ShardSettings, real_prompt
 from uir.dataset.provenance import library_versions
-from uir.imageio import load_rgb, read_depth
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_COLOUR_TYPES = {1: 0, 3: 2, 4: 6}  # channels -> grey, RGB, RGBA
-_FILTER_NONE, _FILTER_UP = 0, 2
-_IDAT_MAX = 1 << 30  # chunk lengths must stay below 2**31
-
-
-def _png_chunk(tag: bytes, data: bytes | memoryview) -> list[bytes | memoryview]:
-    crc = imagecodecs.deflate_crc32(data, zlib.crc32(tag))  # libdeflate's: 5x zlib's speed
-    return [struct.pack(">I", len(data)), tag, data, struct.pack(">I", crc)]
-
-
-_PNG_END = b"".join(_png_chunk(b"IEND", b""))
-
-
-def encode_png(image: np.ndarray, compression: int) -> bytes:
-    """uint8 HxW grey, HxWx3 RGB or HxWx4 RGBA as PNG; ``compression`` 0 stores, 1-9 deflate."""
-    channels = 1 if image.ndim == 2 else image.shape[2] if image.ndim == 3 else 0
-    if image.dtype != np.uint8 or channels not in _PNG_COLOUR_TYPES or 0 in image.shape:
-        raise ValueError(f"cannot encode a {image.shape} {image.dtype} image as PNG")
-    height, width = image.shape[:2]
-    rows = np.ascontiguousarray(image).reshape(height, width * channels)
-    filtered = np.empty((height, rows.shape[1] + 1), np.uint8)
-    if compression <= 0:
-        filtered[:, 0] = _FILTER_NONE
-        filtered[:, 1:] = rows
-    else:
-        filtered[:, 0] = _FILTER_UP
-        filtered[0, 1:] = rows[0]
-        np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # wraps mod 256, as PNG wants
-    stream = memoryview(imagecodecs.deflate_encode(filtered, level=max(compression, 0)))
-    header = struct.pack(">IIBBBBB", width, height, 8, _PNG_COLOUR_TYPES[channels], 0, 0, 0)
-    parts: list[bytes | memoryview] = [_PNG_SIGNATURE, *_png_chunk(b"IHDR", header)]
-    for start in range(0, len(stream), _IDAT_MAX):
-        parts += _png_chunk(b"IDAT", stream[start : start + _IDAT_MAX])
-    parts.append(_PNG_END)
-    return b"".join(parts)
+from uir.imageio import encode_png, load_rgb, read_depth
 
 
 def _crop(image: np.ndarray, box: tuple[int, int, int, int] | None, scale: int = 1) -> np.ndarray:

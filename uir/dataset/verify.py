@@ -37,10 +37,10 @@ class VerifyReport:
 class _HashingReader:
     """Hashes exactly the bytes tarfile reads, so verification is a single pass."""
 
-    def __init__(self, file: BinaryIO) -> None:
+    def __init__(self, file: BinaryIO, md5: bool) -> None:
         self._file = file
         self.digest = hashlib.sha256()
-        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.md5 = hashlib.md5(usedforsecurity=False) if md5 else None
 
     def read(self, size: int = -1) -> bytes:
         data = self._file.read(size)
@@ -49,7 +49,8 @@ class _HashingReader:
 
     def _update(self, data: bytes) -> None:
         self.digest.update(data)
-        self.md5.update(data)
+        if self.md5 is not None:
+            self.md5.update(data)
 
     def drain(self) -> None:
         while chunk := self._file.read(_READ):
@@ -129,7 +130,7 @@ def _check_shard(
         )
     count = 0
     with open(path, "rb") as raw:
-        reader = _HashingReader(raw)
+        reader = _HashingReader(raw, md5=bool(entry["md5"]))
         try:
             with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
                 for key, members in _group(tar):
@@ -143,7 +144,7 @@ def _check_shard(
         reader.drain()
     if reader.digest.hexdigest() != entry["sha256"]:
         report.problems.append(f"{entry['name']}: sha256 mismatch (content changed)")
-    elif entry["md5"] and reader.md5.hexdigest() != entry["md5"]:
+    elif reader.md5 is not None and reader.md5.hexdigest() != entry["md5"]:
         report.problems.append(f"{entry['name']}: md5 mismatch")
     if count != entry["samples"]:
         report.problems.append(
