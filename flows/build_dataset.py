@@ -1,9 +1,10 @@
-"""The ``build-dataset`` Prefect flow: thin orchestration of `uir.dataset.build`.
+"""The ``build-dataset`` Prefect flow: thin orchestration of `uir.dataset.build` and, when
+params.yaml has a ``quality.<name>`` entry, of the Perceive-IR labelling in `uir.quality`.
 
-One task per ingest batch and per chunk (never per image), on the task runner the dataset's
-``runner`` config names; progress and a summary table are published as artifacts. The build
-itself is resumable on its own (chunk stats files), so a retried or re-run flow only does
-what is missing.
+One task per ingest batch, per chunk, per proxy fold and per shard (never per image), on the
+task runner the dataset's ``runner`` config names; progress, a summary table and the quality
+report are published as artifacts. Every step is resumable on its own (chunk stats files,
+step stamps, training checkpoints), so a retried or re-run flow only does what is missing.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
+    create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
     update_progress_artifact,
@@ -31,6 +33,9 @@ from uir.dataset.chunks import ChunkResult, write_chunk
 from uir.dataset.config import RunnerConfig, load_dataset_config
 from uir.dataset.manifest import finalize
 from uir.dataset.sources import discover
+from uir.quality import folds, label, perceive, render
+from uir.quality.job import QualityJob, dvc_stage, load_job, split_overrides
+from uir.quality.run import limit_threads, resolve_steps
 
 FLOW_NAME = "build-dataset"
 
@@ -78,6 +83,35 @@ def caption_task(config: Any, selection: build.Selection) -> tuple[dict[str, Any
     return captions, selection
 
 
+@task(name="proxy-fold", **_TASK)
+def proxy_fold_task(job: QualityJob, fold: int, workers: int) -> dict[str, Any]:
+    limit_threads(workers)
+    return folds.train_fold(job, fold)
+
+
+@task(name="render-shard", **_TASK)
+def render_task(job: QualityJob, shard: str, workers: int) -> dict[str, Any]:
+    limit_threads(workers)
+    return render.render_shard(job, shard)
+
+
+@task(name="perceiver", **_TASK)
+def perceiver_task(job: QualityJob) -> dict[str, Any]:
+    limit_threads(1)
+    return perceive.train_prompts(job)
+
+
+@task(name="score-shard", **_TASK)
+def score_task(job: QualityJob, shard: str, workers: int) -> dict[str, Any]:
+    limit_threads(workers)
+    return perceive.score_shard(job, shard)
+
+
+@task(name="label-shard", **_TASK)
+def label_task(job: QualityJob, shard: str) -> dict[str, Any]:
+    return label.label_shard(job, shard)
+
+
 def _progress_key(name: str) -> str:
     return "build-" + "".join(c if c.isalnum() else "-" for c in name.lower())
 
@@ -88,16 +122,29 @@ def build_dataset(
     params: str = "params.yaml",
     overrides: dict[str, Any] | None = None,
     dvc_commit: bool = False,
+    steps: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Build ``datasets.<dataset>`` of ``params``; ``dvc_commit`` records the outputs in
-    dvc.lock afterwards (for runs outside `dvc repro`, such as deployments)."""
-    config = load_dataset_config(dataset, params, overrides)
+    """Build ``datasets.<dataset>`` of ``params`` and label it when ``quality.<dataset>``
+    exists; ``steps`` picks a part (base, proxy, render, perceiver, label), ``dvc_commit``
+    records the outputs in dvc.lock afterwards (for runs outside `dvc repro`, such as
+    deployments). Returns the base and the labelled manifests (None for steps not run)."""
+    dataset_overrides, quality_overrides = split_overrides(overrides)
+    config = load_dataset_config(dataset, params, dataset_overrides)
+    job = load_job(dataset, params, dataset_overrides, quality_overrides)
+    chosen = resolve_steps(steps, job is not None)
     runner = make_task_runner(config.runner)
+    base = labelled = None
     with _workers_share_api():
-        manifest = _build_on_runner.with_options(task_runner=runner)(config)
+        if "base" in chosen:
+            base = _build_on_runner.with_options(task_runner=runner)(config)
+        if job is not None and set(chosen) - {"base"}:
+            labelled = _label_on_runner.with_options(task_runner=runner)(job, chosen)
     if dvc_commit and config.dvc_stage:
-        record_in_dvc(config.root, config.dvc_stage)
-    return manifest
+        stages = [config.dvc_stage] if "base" in chosen else []
+        if job is not None:
+            stages += [s for step in chosen if step != "base" and (s := dvc_stage(job, step))]
+        record_in_dvc(config.root, stages)
+    return {"dataset": dataset, "steps": chosen, "base": base, "quality": labelled}
 
 
 @contextmanager
@@ -159,6 +206,55 @@ def _build_on_runner(config: Any) -> dict[str, Any]:
     return manifest
 
 
+@flow(name=f"{FLOW_NAME}-quality")
+def _label_on_runner(job: QualityJob, steps: list[str]) -> dict[str, Any] | None:
+    logger = get_run_logger()
+    retries = job.dataset.runner.retries
+    workers = job.dataset.runner.workers
+    shards = folds.open_base(job).shards
+    if "proxy" in steps:
+        trainer = proxy_fold_task.with_options(retries=retries)
+        for stamp in [f.result() for f in [trainer.submit(job, k, workers) for k in folds.FOLDS]]:
+            logger.info("proxy fold %d: %d pairs, final L1 %.4f", stamp["fold"], stamp["pairs"],
+                        stamp["final_l1"])
+    if "render" in steps:
+        renderer = render_task.with_options(retries=retries)
+        for future in as_completed([renderer.submit(job, shard, workers) for shard in shards]):
+            logger.info("medium images of %s", future.result()["shard"])
+    if "perceiver" in steps:
+        stamp = perceiver_task.with_options(retries=retries)(job)
+        logger.info("perceiver: %d triplets, final loss %.4f", stamp["triplets"],
+                    stamp["final_loss"])
+    if "label" not in steps:
+        return None
+    scorer = score_task.with_options(retries=retries)
+    for future in as_completed([scorer.submit(job, shard, workers) for shard in shards]):
+        future.result()
+    labeller = label_task.with_options(retries=retries)
+    stamps = [f.result() for f in [labeller.submit(job, shard) for shard in shards]]
+    manifest = label.finalize_labels(job, stamps)
+    _quality_artifacts(job.dataset.name, manifest)
+    return manifest
+
+
+def _quality_artifacts(name: str, manifest: dict[str, Any]) -> None:
+    quality = manifest["quality"]
+    create_markdown_artifact(
+        markdown=label.quality_card(manifest), key=_progress_key(name) + "-quality",
+        description=f"{name}: quality labels, val accuracy {quality['val']['accuracy']}",
+    )
+    rows = [
+        {"type": type_name, "samples": t["samples"], "psnr_lq": t["psnr_lq"],
+         "psnr_mq": t["psnr_mq"], "psnr_gain": t["psnr_gain"],
+         "val_accuracy": quality["val"]["per_type_accuracy"].get(type_name)}
+        for type_name, t in quality["per_type"].items()
+    ]
+    create_table_artifact(
+        table=rows, key=_progress_key(name) + "-quality-types",
+        description=f"{name}: per-type quality; dropped {quality['dropped']} samples",
+    )
+
+
 def _summary_artifact(name: str, manifest: dict[str, Any], results: list[ChunkResult]) -> None:
     counts = manifest["counts"]
     rows = [
@@ -178,11 +274,11 @@ def _summary_artifact(name: str, manifest: dict[str, Any], results: list[ChunkRe
     )
 
 
-def record_in_dvc(root: str, stage: str) -> None:
-    """`dvc commit` the stage so a build made outside `dvc repro` is versioned the same way."""
+def record_in_dvc(root: str, stages: list[str]) -> None:
+    """`dvc commit` the stages so a build made outside `dvc repro` is versioned the same way."""
     completed = subprocess.run(
-        [sys.executable, "-m", "dvc", "commit", "--force", stage],
+        [sys.executable, "-m", "dvc", "commit", "--force", *stages],
         cwd=root, capture_output=True, text=True, check=False,
     )
     if completed.returncode != 0:
-        raise RuntimeError(f"dvc commit {stage} failed: {completed.stderr.strip()}")
+        raise RuntimeError(f"dvc commit {' '.join(stages)} failed: {completed.stderr.strip()}")

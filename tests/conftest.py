@@ -155,10 +155,22 @@ def file_identity() -> Callable[[Sequence[Path]], dict[str, tuple[int, int]]]:
     return identity
 
 
-def _clone_working_tree(repo_root: Path, clone: Path, demo_changes: dict[str, Any]) -> Path:
+# CI-sized quality labelling for clones: the machinery runs end to end in seconds.
+QUICK_QUALITY = {
+    "proxy.iterations": 12, "proxy.checkpoint_every": 5, "proxy.batch_size": 4,
+    "proxy.patch_size": 32, "perceiver.iterations": 12, "perceiver.batch_size": 4,
+    "perceiver.checkpoint_every": 5,
+}
+
+
+def _clone_working_tree(
+    repo_root: Path, clone: Path, demo_changes: dict[str, Any],
+    quality_changes: dict[str, Any] | None = None,
+) -> Path:
     """The working tree (tracked and untracked, not ignored) as a fresh one-commit git repo,
-    with ``demo_changes`` (dotted keys) applied to the demo dataset and the other datasets
-    dropped, so uncommitted work is what the clone runs."""
+    with ``demo_changes`` (dotted keys) applied to the demo dataset, ``quality_changes``
+    (default: ``QUICK_QUALITY``) to its quality entry, and the other datasets dropped, so
+    uncommitted work is what the clone runs."""
     from degradations.config import merge
 
     listed = subprocess.run(
@@ -173,6 +185,8 @@ def _clone_working_tree(repo_root: Path, clone: Path, demo_changes: dict[str, An
     params_path = clone / "params.yaml"
     params = yaml.safe_load(params_path.read_text())
     params["datasets"] = {"demo": merge(params["datasets"]["demo"], demo_changes)}
+    quality = QUICK_QUALITY if quality_changes is None else quality_changes
+    params["quality"] = {"demo": merge(params["quality"]["demo"], quality)}
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     git = ["git", "-c", "user.name=UIR Test", "-c", "user.email=test@example.invalid"]
     subprocess.run([*git, "init", "-q"], cwd=clone, check=True)
@@ -182,5 +196,5 @@ def _clone_working_tree(repo_root: Path, clone: Path, demo_changes: dict[str, An
 
 
 @pytest.fixture(scope="session")
-def make_clone() -> Callable[[Path, Path, dict[str, Any]], Path]:
+def make_clone() -> Callable[..., Path]:
     return _clone_working_tree

@@ -142,9 +142,10 @@ def demo_build(tmp_path_factory, make_photo, write_params) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_dvc_repro_in_a_fresh_clone(tmp_path, repo_root, run_cli, file_identity, make_clone):
-    """`dvc repro` builds the demo dataset (through `uir build demo`, the Prefect engine) in a
-    fresh git clone, records it in dvc.lock, is a no-op the second time, pushes to the default
-    local remote and leaves `dvc status` clean."""
+    """`dvc repro` builds and labels the demo dataset (`uir build demo --steps <step>`) in a
+    fresh git clone, records every stage in dvc.lock, is a no-op the second time, pushes to the
+    default local remote and leaves `dvc status` clean; a curation change re-runs only the
+    label stage."""
     # 14 samples instead of 56
     clone = make_clone(repo_root, tmp_path / "clone", {"synthesis.variants": 2})
 
@@ -157,7 +158,14 @@ def test_dvc_repro_in_a_fresh_clone(tmp_path, repo_root, run_cli, file_identity,
     verified = run_cli("uir", "verify", out, cwd=clone)
     assert verified.stdout.startswith("OK")
 
+    labelled = clone / "data" / "shards" / "demo-quality"
+    assert run_cli("uir", "verify", labelled, cwd=clone).stdout.startswith("OK")
     lock = yaml.safe_load((clone / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {
+        "build_demo", "proxy_demo", "render_demo", "perceiver_demo", "label_demo"}
+    assert [o["path"] for o in lock["stages"]["label_demo"]["outs"]] == [
+        "data/quality/demo/scores", "data/shards/demo-quality", "reports/quality/demo/histograms",
+        "reports/quality/demo/metrics.json", "reports/quality/demo/confusion.csv"]
     outs = [entry["path"] for entry in lock["stages"]["build_demo"]["outs"]]
     assert outs == ["data/shards/demo"]
     assert lock["stages"]["build_demo"]["params"]["params.yaml"]["datasets.demo"]["synthesis"][
@@ -178,7 +186,24 @@ def test_dvc_repro_in_a_fresh_clone(tmp_path, repo_root, run_cli, file_identity,
     cloud = run_cli("dvc", "status", "--cloud", cwd=clone)
     assert "in sync" in cloud.stdout
 
-    # The DVC route (Prefect engine, process pool) and the local engine make the same bytes.
+    # A curation threshold re-runs the label stage only: checkpoints and medium images stay.
+    kept = sorted((clone / "models" / "quality" / "demo").rglob("*.pt"))
+    kept += sorted((clone / "data" / "quality" / "demo" / "mq").glob("*.tar"))
+    kept_before = file_identity(kept)
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["quality"]["demo"]["curation"]["rules"][0].update(above=0.0, action="flag")
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = run_cli("dvc", "status", cwd=clone).stdout
+    assert "label_demo" in changed
+    assert not any(f"{s}_demo" in changed for s in ("build", "proxy", "render", "perceiver"))
+    relabel = run_cli("dvc", "repro", cwd=clone, timeout=400)
+    ran = [line for line in relabel.stdout.splitlines() if line.startswith("Running stage")]
+    assert ran == ["Running stage 'label_demo':"]
+    assert file_identity(kept) == kept_before
+    assert read_manifest(labelled)["quality"]["flagged"] == read_manifest(labelled)["counts"][
+        "samples"]
+
+    # The DVC route (local engine, process pool) and an inline local build make the same bytes.
     local = build(clone / "params.yaml", "demo", workers=1, output=str(tmp_path / "local"))
     assert {s["name"]: s["sha256"] for s in local.manifest["shards"]} == {
         s["name"]: s["sha256"] for s in read_manifest(out)["shards"]

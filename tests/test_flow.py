@@ -92,8 +92,8 @@ def test_deployment_run_through_a_local_server(
     tmp_path, repo_root, cli_env, run_cli, make_clone
 ):
     """serve.sh starts a server and serves build-dataset/demo; `prefect deployment run` builds
-    verified shards with progress and summary artifacts and records them in dvc.lock; SIGTERM
-    (Ctrl-C) stops the serving process and the server."""
+    and labels verified shards with progress, summary and quality artifacts and records every
+    stage in dvc.lock; SIGTERM (Ctrl-C) stops the serving process and the server."""
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.exceptions import ObjectNotFound
 
@@ -143,11 +143,13 @@ def test_deployment_run_through_a_local_server(
                 state = client.read_flow_run(flow_run_id).state
                 return state if state.is_final() else None
 
-            state = wait_until("finished flow run", finished, serving, log, timeout=240)
+            state = wait_until("finished flow run", finished, serving, log, timeout=480)
             assert state.is_completed(), f"{state}\n{log.read_text()[-4000:]}"
 
             progress = artifact(client, "build-demo")
             summary = artifact(client, "build-demo-summary")
+            quality_card = artifact(client, "build-demo-quality")
+            quality_types = artifact(client, "build-demo-quality-types")
         out = clone / "data" / "shards" / "demo"
         manifest = json.loads((out / "manifest.json").read_text())
         assert sorted(out.glob("*.tar")) and manifest["counts"]["samples"] == 7 * 2
@@ -166,8 +168,19 @@ def test_deployment_run_through_a_local_server(
         assert sum(row["samples"] for row in rows) == manifest["counts"]["samples"]
         assert sum(row["shards"] for row in rows) == len(manifest["shards"])
 
+        # The quality steps ran as tasks of the same flow run, with their own artifacts.
+        labelled = clone / "data" / "shards" / "demo-quality"
+        assert run_cli("uir", "verify", labelled).stdout.startswith("OK")
+        quality = json.loads((labelled / "manifest.json").read_text())["quality"]
+        assert quality_card.type == "markdown" and "Perceiver three-way accuracy" in (
+            quality_card.data)
+        assert {row["type"] for row in json.loads(quality_types.data)} == set(quality["per_type"])
+
         # The deployment passed dvc_commit: dvc.lock records the outputs, and they match.
-        stage = yaml.safe_load((clone / "dvc.lock").read_text())["stages"]["build_demo"]
+        stages = yaml.safe_load((clone / "dvc.lock").read_text())["stages"]
+        assert set(stages) == {
+            "build_demo", "proxy_demo", "render_demo", "perceiver_demo", "label_demo"}
+        stage = stages["build_demo"]
         assert [(o["path"], o["md5"].endswith(".dir")) for o in stage["outs"]] == [
             ("data/shards/demo", True)
         ]

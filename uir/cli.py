@@ -188,8 +188,12 @@ def _build_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_build(args: argparse.Namespace) -> None:
     from uir.dataset.config import ConfigError, dataset_names, load_dataset_config
+    from uir.quality.job import QualityError, load_job, split_overrides
+    from uir.quality.run import resolve_steps
 
     overrides = _build_overrides(args)
+    dataset_overrides, quality_overrides = split_overrides(overrides)
+    requested = [step.strip() for step in args.steps.split(",")] if args.steps else None
     try:
         name = args.dataset
         if name is None:
@@ -197,8 +201,10 @@ def cmd_build(args: argparse.Namespace) -> None:
             if len(names) != 1:
                 _fail(f"{args.params} defines {', '.join(names)}: name the dataset to build")
             name = names[0]
-        config = load_dataset_config(name, args.params, overrides)
-    except ConfigError as err:
+        config = load_dataset_config(name, args.params, dataset_overrides)
+        job = load_job(name, args.params, dataset_overrides, quality_overrides)
+        steps = resolve_steps(requested, job is not None)
+    except (ConfigError, QualityError) as err:
         _fail(str(err))
     from uir.dataset.captions import CaptionError
 
@@ -206,21 +212,42 @@ def cmd_build(args: argparse.Namespace) -> None:
         if args.engine == "local":
             from uir.dataset.build import run_build, stderr_progress
 
-            manifest = run_build(config, progress=stderr_progress(config.name)).manifest
+            progress = stderr_progress(config.name)
+            base = run_build(config, progress=progress).manifest if "base" in steps else None
+            labelled = None
+            if job is not None and set(steps) - {"base"}:
+                from uir.quality.run import run_quality
+
+                workers = args.workers or config.runner.workers
+                labelled = run_quality(job, steps, workers=workers, progress=progress)
         else:
             from flows.build_dataset import build_dataset
 
-            manifest = build_dataset(
-                name, params=str(args.params), overrides=overrides, dvc_commit=args.dvc_commit
+            result = build_dataset(
+                name, params=str(args.params), overrides=overrides, dvc_commit=args.dvc_commit,
+                steps=steps,
             )
-    except (ConfigError, CaptionError) as err:
+            base, labelled = result["base"], result["quality"]
+    except (ConfigError, CaptionError, QualityError) as err:
         _fail(str(err))
-    counts = manifest["counts"]
-    print(
-        f"built {config.name} {config.version} in {config.output_dir}: {counts['samples']} "
-        f"samples in {len(manifest['shards'])} shards; seen {counts['seen']}, accepted "
-        f"{counts['accepted']}, rejected {counts['rejected']}"
-    )
+    if base is not None:
+        counts = base["counts"]
+        print(
+            f"built {config.name} {config.version} in {config.output_dir}: {counts['samples']} "
+            f"samples in {len(base['shards'])} shards; seen {counts['seen']}, accepted "
+            f"{counts['accepted']}, rejected {counts['rejected']}"
+        )
+    if labelled is not None and job is not None:
+        quality = labelled["quality"]
+        print(
+            f"labelled {config.name} in {job.output_dir}: {labelled['counts']['samples']} "
+            f"samples in {len(labelled['shards'])} shards; dropped {quality['dropped']}, "
+            f"flagged {quality['flagged']}; perceiver val accuracy {quality['val']['accuracy']} "
+            f"(chance {quality['val']['chance']}); mean PSNR LQ {quality['psnr_lq']} -> MQ "
+            f"{quality['psnr_mq']} dB"
+        )
+    elif set(steps) - {"base"}:
+        print(f"{config.name}: steps {', '.join(steps)} done")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -333,7 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "the same steps on a local process pool without Prefect")
     build.add_argument("--workers", type=int, help="worker processes (default: runner.workers)")
     build.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="override a dataset field, e.g. --set synthesis.variants=2")
+                       help="override a dataset field, e.g. --set synthesis.variants=2, or a "
+                            "quality field, e.g. --set quality.proxy.iterations=50")
+    build.add_argument("--steps", metavar="STEP[,STEP]",
+                       help="run only these of base, proxy, render, perceiver, label "
+                            "(default: base, plus the quality steps when quality.<name> exists)")
     build.add_argument("--dvc-commit", action="store_true",
                        help="record the outputs in dvc.lock afterwards (not inside dvc repro)")
     build.set_defaults(run=cmd_build)

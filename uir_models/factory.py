@@ -1,7 +1,8 @@
 """Model factory, open_clip style: a name resolves to a declarative YAML config.
 
 ``create_model("nafnet-tiny")`` and ``create_model("nafnet-proxy")`` run the same code with
-different sizes, so tests on the tiny model cover the paper-sized one. Configs live in
+different sizes, so tests on the tiny model cover the paper-sized one; ``daclip-tiny`` and
+``daclip-vit-b-32`` likewise build the DA-CLIP controller over open_clip. Configs live in
 ``uir_models/model_configs/<name>.yaml`` (package data) and carry an ``arch`` key plus that
 architecture's config fields; a path to a YAML file or a plain mapping works as well.
 """
@@ -24,8 +25,18 @@ def _build_nafnet(params: Mapping[str, Any]) -> nn.Module:
     return NAFNet(NAFNetConfig.from_dict(params))
 
 
+def _build_daclip(params: Mapping[str, Any]) -> nn.Module:
+    # Imported here: open_clip takes seconds to import and restorer-only users never need it.
+    from uir_models.archs.daclip import DaClipConfig, build_daclip
+
+    return build_daclip(DaClipConfig.from_dict(params))
+
+
 # arch name -> builder taking the config without its "arch" key (and raising on unknown keys).
-ARCHS: dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {"nafnet": _build_nafnet}
+ARCHS: dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {
+    "nafnet": _build_nafnet,
+    "daclip": _build_daclip,
+}
 
 
 def list_models() -> list[str]:

@@ -18,6 +18,7 @@ from uir.dataset.config import SPLITS, DatasetConfig
 from uir.dataset.plan import Chunk
 from uir.dataset.provenance import git_commit, library_versions
 from uir.dataset.rejects import Rejection, write_rejects
+from uir.dataset.tarwriter import ShardFile
 
 MANIFEST_FORMAT = "uir-forge-manifest/1"
 
@@ -94,19 +95,29 @@ def build_manifest(
     }
 
 
-def wids_index(config: DatasetConfig, results: Sequence[ChunkResult], split: str) -> dict[str, Any]:
+def wids_index(name: str, shards: Sequence[ShardFile]) -> dict[str, Any]:
     return {
         "__kind__": "wids-shard-index-v1",
         "wids_version": 1,
-        "name": f"{config.name}-{split}",
+        "name": name,
         "shardlist": [
             {"url": s.name, "nsamples": s.samples, "filesize": s.bytes}
             | ({"md5sum": s.md5} if s.md5 else {})
-            for r in results
-            if r.split == split
-            for s in r.shards
+            for s in shards
         ],
     }
+
+
+def write_indexes(folder: Path, name: str, shards: Sequence[tuple[str, ShardFile]]) -> None:
+    """sizes.json and one wids index per split, for the (split, shard) list given."""
+    write_json_atomic(folder / schema.SIZES, {s.name: s.samples for _, s in shards})
+    for split in SPLITS:
+        index_path = folder / schema.WIDS_INDEX.format(split=split)
+        in_split = [s for shard_split, s in shards if shard_split == split]
+        if in_split:
+            write_json_atomic(index_path, wids_index(f"{name}-{split}", in_split))
+        else:
+            index_path.unlink(missing_ok=True)
 
 
 def finalize(
@@ -125,15 +136,7 @@ def finalize(
     keep |= {schema.stats_name(r.split, r.index) for r in ordered}
     _remove_stale(folder, keep)
     write_rejects(folder / schema.REJECTS, rejects)
-    write_json_atomic(
-        folder / schema.SIZES, {s.name: s.samples for r in ordered for s in r.shards}
-    )
-    for split in SPLITS:
-        index_path = folder / schema.WIDS_INDEX.format(split=split)
-        if any(r.split == split for r in ordered):
-            write_json_atomic(index_path, wids_index(config, ordered, split))
-        else:
-            index_path.unlink(missing_ok=True)
+    write_indexes(folder, config.name, [(r.split, s) for r in ordered for s in r.shards])
     manifest = build_manifest(config, ordered, rejects, seen, accepted)
     write_text_atomic(folder / schema.CARD, dataset_card(manifest))
     write_json_atomic(folder / schema.MANIFEST, manifest)  # last: the dataset is complete

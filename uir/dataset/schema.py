@@ -16,13 +16,15 @@ LQ = "lq.png"
 CAPTION = "txt"
 METADATA = "json"
 MASK = "mask.png"
+MQ = "mq.png"  # the proxy-restored "medium" image (quality labelling)
 REQUIRED_MEMBERS = (HQ, LQ, CAPTION, METADATA)
-OPTIONAL_MEMBERS = (MASK,)
+OPTIONAL_MEMBERS = (MASK, MQ)
 
 MANIFEST = "manifest.json"
 SIZES = "sizes.json"
 REJECTS = "rejects.jsonl"
 CARD = "README.md"
+DROPPED = "dropped.jsonl"  # samples that curation removed, with the rule and the values
 WIDS_INDEX = "{split}.wids.json"
 STATS_SUFFIX = "_stats.json"
 TEMP_PREFIX = "."

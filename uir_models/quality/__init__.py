@@ -1,21 +1,6 @@
-"""Perceive-IR three-tier quality: the prompt-learned CLIP quality perceiver."""
+"""Perceive-IR three-tier quality: the proxy restorer (``proxy``), the prompt-learned CLIP
+quality perceiver (``perceiver``) and its training (``prompt_training``).
 
-from uir_models.quality.perceiver import (
-    QUALITY_CLASSES,
-    ClipBundle,
-    QualityPerceiver,
-    WeightsUnavailableError,
-    load_clip,
-    train_step,
-    triplet_crops,
-)
-
-__all__ = [
-    "QUALITY_CLASSES",
-    "ClipBundle",
-    "QualityPerceiver",
-    "WeightsUnavailableError",
-    "load_clip",
-    "train_step",
-    "triplet_crops",
-]
+Import from the submodules: the perceiver needs open_clip, the proxy restorer only torch, so
+a restorer-only environment can train and render proxies.
+"""

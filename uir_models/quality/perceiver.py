@@ -69,6 +69,10 @@ def _cached_tag_file(tag_cfg: dict, cache_dir: str | None) -> str | None:
     return None
 
 
+CLIP_CONFIG_DIR = Path(__file__).resolve().parents[1] / "clip_configs"
+"""Our own open_clip architectures (tiny CI models), found by name like open_clip's own."""
+
+
 def _register_config(model_name: str, model_config: dict) -> None:
     """open_clip only builds models from registered JSON configs, so register one file."""
     missing = {"embed_dim", "vision_cfg", "text_cfg"} - set(model_config)
@@ -97,9 +101,13 @@ def load_clip(
     """Build an open_clip model with weights from a tag, a local checkpoint path, or none.
 
     ``model_config`` registers a custom architecture under ``model_name`` (tiny test models);
+    names of files in ``uir_models/clip_configs`` (e.g. ``uir-clip-tiny``) register themselves;
     ``pretrained=None`` leaves its weights random. Tags are resolved from the local cache first
     when HF_HUB_OFFLINE is set, so an offline run fails at once instead of retrying the network.
     """
+    bundled = CLIP_CONFIG_DIR / f"{model_name}.json"
+    if model_config is None and bundled.is_file():
+        model_config = json.loads(bundled.read_text())
     if model_config is not None:
         _register_config(model_name, model_config)
     source = pretrained
@@ -244,47 +252,23 @@ class QualityPerceiver(nn.Module):
             self.ctx.copy_(state["ctx"])
 
 
-def triplet_crops(
-    lq: torch.Tensor,
-    mq: torch.Tensor,
-    hq: torch.Tensor,
-    size: int,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Random crop + horizontal flip per sample, identical across the three tiers.
-
-    The tiers must stay pixel-aligned: the perceiver has to judge quality, not content.
-    """
-    if not lq.shape == mq.shape == hq.shape:
-        raise ValueError(f"triplet shapes differ: {lq.shape}, {mq.shape}, {hq.shape}")
-    height, width = lq.shape[-2:]
-    if size > height or size > width:
-        raise ValueError(f"crop {size} exceeds image {height}x{width}")
-    outs: tuple[list[torch.Tensor], ...] = ([], [], [])
-    for i in range(lq.shape[0]):
-        top = int(torch.randint(0, height - size + 1, (1,), generator=generator))
-        left = int(torch.randint(0, width - size + 1, (1,), generator=generator))
-        flip = bool(torch.rand(1, generator=generator) < 0.5)
-        for out, batch in zip(outs, (lq, mq, hq), strict=True):
-            crop = batch[i, :, top : top + size, left : left + size]
-            out.append(crop.flip(-1) if flip else crop)
-    lq_c, mq_c, hq_c = (torch.stack(out) for out in outs)
-    return lq_c, mq_c, hq_c
-
-
 def train_step(
     perceiver: QualityPerceiver,
     optimizer: torch.optim.Optimizer,
     lq: torch.Tensor,
     mq: torch.Tensor,
     hq: torch.Tensor,
-) -> float:
-    """One cross-entropy step over the stacked triplet, labels bad=0 / medium=1 / good=2."""
+) -> tuple[float, float]:
+    """One cross-entropy step over the stacked triplet, labels bad=0 / medium=1 / good=2.
+
+    Returns the loss and the batch's three-way accuracy (before the update).
+    """
     perceiver.train()
     images = torch.cat([lq, mq, hq])
     labels = torch.arange(len(QUALITY_CLASSES), device=images.device).repeat_interleave(len(lq))
-    loss = F.cross_entropy(perceiver(images), labels)
+    logits = perceiver(images)
+    loss = F.cross_entropy(logits, labels)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return float(loss.detach())
+    return float(loss.detach()), float((logits.detach().argmax(-1) == labels).float().mean())
