@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up (if needed) and build the demo dataset end to end, offline: the embedded photos ->
-# ingest, sidecar captions, synthesis -> WebDataset shards in data/shards/demo, then verify.
+# ingest, sidecar captions, synthesis -> WebDataset shards in data/shards/demo; then the
+# Perceive-IR quality labels -> data/shards/demo-quality (+ reports/quality/demo); verify both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -8,4 +9,5 @@ export PATH="$PWD/.venv/bin:$PATH" PREFECT_SERVER_ANALYTICS_ENABLED=false DVC_NO
 export PREFECT_HOME="${PREFECT_HOME:-$PWD/.prefect}"
 uir build demo "$@"
 uir verify data/shards/demo
-uir inspect data/shards/demo
+uir verify data/shards/demo-quality
+uir inspect data/shards/demo-quality
