@@ -72,13 +72,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks, in place and returned (the identity in one process)."""
-    if is_distributed():
-        dist.all_reduce(tensor)
-    return tensor
-
-
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     """Mean over ranks, in place and returned: what DDP does to gradients, for logged losses."""
     if is_distributed():
@@ -87,21 +80,19 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def reduce_weighted_means(
-    sums: Mapping[str, float], count: float, device: torch.device
-) -> dict[str, float]:
-    """Global means from per-rank sums and sample counts, in one collective.
+def reduce_weighted_means(sums: Mapping[str, float], count: int) -> dict[str, float]:
+    """Global means from every rank's sums and sample counts.
 
-    Evaluation splits differ by a sample between ranks, so means must be weighted by counts
-    rather than averaged per rank.
+    Evaluation shares differ by a sample between ranks (and may be empty), so means are
+    weighted by counts, and the sums travel as objects: a rank without batches has no keys.
     """
-    names = sorted(sums)
-    packed = torch.tensor([*(sums[n] for n in names), count], dtype=torch.float64, device=device)
-    all_reduce_sum(packed)
-    total = packed[-1].item()
-    if total == 0:
-        return {}
-    return {name: value / total for name, value in zip(names, packed[:-1].tolist(), strict=True)}
+    totals: dict[str, float] = {}
+    samples = 0
+    for rank_sums, rank_count in all_gather_objects((dict(sums), count)):
+        samples += rank_count
+        for name, value in rank_sums.items():
+            totals[name] = totals.get(name, 0.0) + value
+    return {name: value / samples for name, value in sorted(totals.items())} if samples else {}
 
 
 def all_gather_objects(value: Any) -> list[Any]:
