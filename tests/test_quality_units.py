@@ -241,3 +241,12 @@ def test_psnr_loss_is_the_mean_negative_psnr_per_sample():
     assert float(restoration_loss(pred, target, "l1")) == pytest.approx(0.055)
     with pytest.raises(ValueError, match="unknown proxy loss"):
         restoration_loss(pred, target, "l2")
+
+
+def test_config_names_the_perceivers_classes():
+    from typing import get_args
+
+    from uir.quality.config import QualityClass
+    from uir_models.quality import QUALITY_CLASSES
+
+    assert get_args(QualityClass) == QUALITY_CLASSES  # pydantic needs the literal spelt out

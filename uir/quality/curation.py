@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from uir.quality.config import CurationRule
+from uir_models.quality import QUALITY_CLASSES
 
-CLASS_INDEX = {"terrible": 0, "mediocre": 1, "excellent": 2}
+CLASS_INDEX = {name: index for index, name in enumerate(QUALITY_CLASSES)}
 
 
 @dataclass(frozen=True)

@@ -36,13 +36,13 @@ from uir.quality.perceive import STAMP as PERCEIVER_STAMP
 from uir.quality.perceive import score_stamp_path
 from uir.quality.render import stamp_path as mq_stamp_path
 from uir.quality.report import (
-    CLASSES,
     SampleQuality,
     confusion_rows,
     histogram_rows,
     summarise,
 )
 from uir.quality.samples import TarMembers
+from uir_models.quality import QUALITY_CLASSES
 
 LABELS_SUFFIX = "_labels.json"
 QUALITY_FORMAT = "uir-forge-quality/1"
@@ -122,7 +122,7 @@ def label_shard(job: QualityJob, shard: str) -> dict[str, Any]:
             meta["quality"] = {
                 "format": QUALITY_FORMAT,
                 "fold": rendered["fold"],
-                "classes": list(CLASSES),
+                "classes": list(QUALITY_CLASSES),
                 "probabilities": {tier: probabilities[tier] for tier in TIERS},
                 "psnr": {"lq": rendered["psnr_lq"], "mq": rendered["psnr_mq"]},
                 "flags": decision.flags,
@@ -294,7 +294,7 @@ def quality_card(manifest: dict[str, Any]) -> str:
             + f" | {val['per_type_accuracy'].get(name)} |"
         )
     matrix = "\n".join(
-        f"| {CLASSES[i]} | " + " | ".join(str(v) for v in row) + " |"
+        f"| {QUALITY_CLASSES[i]} | " + " | ".join(str(v) for v in row) + " |"
         for i, row in enumerate(val["confusion"])
     )
     rules = (

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from uir.quality.config import TIERS
+from uir_models.quality import QUALITY_CLASSES
 
-CLASSES = ("terrible", "mediocre", "excellent")
 HISTOGRAM_BINS = 10
 
 
@@ -75,7 +75,7 @@ def confusion(samples: Sequence[SampleQuality]) -> tuple[list[list[int]], float 
 def confusion_rows(samples: Sequence[SampleQuality]) -> list[tuple[str, str]]:
     """(actual, predicted) per image, the shape DVC's confusion template reads."""
     return [
-        (CLASSES[truth], CLASSES[int(np.argmax(s.probabilities[tier]))])
+        (QUALITY_CLASSES[truth], QUALITY_CLASSES[int(np.argmax(s.probabilities[tier]))])
         for s in samples
         for truth, tier in enumerate(TIERS)
     ]
@@ -114,7 +114,7 @@ def summarise(samples: Sequence[SampleQuality], dropped: int, flagged: int) -> d
             "accuracy": accuracy,
             "chance": round(1 / 3, 4),
             "confusion": matrix,
-            "classes": list(CLASSES),
+            "classes": list(QUALITY_CLASSES),
             "per_type_accuracy": val_types,
         },
         "per_type": types,

@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from open_clip.model import CLIP, text_global_pool
 from torch import nn
 
-QUALITY_CLASSES = ("terrible", "mediocre", "excellent")
-"""Class order is the label: bad=0, medium=1, good=2."""
+from uir_models.quality import QUALITY_CLASSES
 
 EXCELLENT = QUALITY_CLASSES.index("excellent")
 _CONTEXT_FORMAT = 1
