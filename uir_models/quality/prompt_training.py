@@ -11,17 +11,18 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import cv2
 import numpy as np
 import torch
 
+from uir_models.checkpoints import read_checkpoint, write_atomic
+from uir_models.devices import resolve_device
 from uir_models.quality.perceiver import QUALITY_CLASSES, QualityPerceiver, train_step
 
 _FORMAT = 1
@@ -64,12 +65,6 @@ class PerceiverTrainResult:
     accuracies: list[float] = field(default_factory=list)  # of each training batch
     resumed_from: int = 0
     steps_per_second: float = 0.0
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def crop_size(perceiver: QualityPerceiver, crop: int | None) -> int:
@@ -135,20 +130,6 @@ def _groups(triplets: TripletSet, balance: str) -> dict[str, list[int]]:
     return groups
 
 
-def _save(path: Path, state: dict[str, Any]) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
-
-
-def _load(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise RuntimeError(f"perceiver checkpoint {path} is unreadable ({err}); delete it to "
-                           f"start over") from err
-
-
 def train_perceiver(
     perceiver: QualityPerceiver,
     triplets: TripletSet,
@@ -172,7 +153,7 @@ def train_perceiver(
     expected = settings.digest(perceiver)
     step = 0
     if checkpoint.is_file():
-        state = _load(checkpoint)
+        state = read_checkpoint(checkpoint, "perceiver checkpoint")
         if state.get("digest") == expected and state.get("format") == _FORMAT:
             with torch.no_grad():
                 perceiver.ctx.copy_(state["ctx"].to(device))
@@ -184,12 +165,19 @@ def train_perceiver(
             log.warning("perceiver checkpoint %s is for other settings: starting over", checkpoint)
 
     def save() -> None:
-        _save(checkpoint, {
-            "format": _FORMAT, "digest": expected, "step": step,
-            "ctx": perceiver.ctx.detach().cpu(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "losses": result.losses,
-            "accuracies": result.accuracies,
-        })
+        write_atomic(
+            {
+                "format": _FORMAT,
+                "digest": expected,
+                "step": step,
+                "ctx": perceiver.ctx.detach().cpu(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "losses": result.losses,
+                "accuracies": result.accuracies,
+            },
+            checkpoint,
+        )
 
     groups = _groups(triplets, settings.balance)
     size = crop_size(perceiver, settings.crop)
@@ -223,7 +211,9 @@ def train_perceiver(
 
 @torch.inference_mode()
 def score_images(
-    perceiver: QualityPerceiver, images: Sequence[np.ndarray], crop: int | None = None,
+    perceiver: QualityPerceiver,
+    images: Sequence[np.ndarray],
+    crop: int | None = None,
     batch_size: int = 64,
 ) -> np.ndarray:
     """P(terrible, mediocre, excellent) of each image's centre crop: (N, 3) float."""

@@ -13,13 +13,10 @@ that resumes gives, on CPU, bit-identical losses and weights to an uninterrupted
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -31,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from uir_models.checkpoints import CheckpointError, read_checkpoint, write_atomic
+from uir_models.devices import resolve_device
 from uir_models.factory import create_model, get_model_config
 from uir_models.tiling import restore_tiled
 
@@ -48,7 +47,7 @@ _CHECKPOINT_KEYS = frozenset(
 _NOT_IN_DIGEST = frozenset({"device", "amp", "checkpoint_every"})
 
 
-class ProxyCheckpointError(RuntimeError):
+class ProxyCheckpointError(CheckpointError):
     """A proxy checkpoint exists but cannot be read; it is never discarded silently."""
 
 
@@ -150,13 +149,6 @@ class ProxyTrainResult:
     steps_per_second: float
 
 
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` picks CUDA when there is one; anything else is passed to ``torch.device``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _load_pair(pairs: PairSet, index: int) -> tuple[np.ndarray, np.ndarray]:
     lq, hq = pairs[index]
     lq, hq = np.asarray(lq), np.asarray(hq)
@@ -210,37 +202,14 @@ def _to_device(batch: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def _read_checkpoint(path: Path) -> dict[str, Any]:
-    """Load and sanity-check a checkpoint; any failure names the file."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ProxyCheckpointError(
-            f"cannot read proxy checkpoint {path}: {exc}; delete it to start over"
-        ) from exc
-    if not isinstance(state, dict) or not _CHECKPOINT_KEYS.issubset(state):
-        raise ProxyCheckpointError(f"{path} is not a proxy restorer checkpoint")
-    if state["kind"] != _CHECKPOINT_KIND or state["format"] != CHECKPOINT_FORMAT:
-        raise ProxyCheckpointError(
-            f"{path} is a {state['kind']!r} checkpoint of format {state['format']}; "
-            f"this code reads {_CHECKPOINT_KIND!r} format {CHECKPOINT_FORMAT}"
-        )
-    return state
-
-
-def _write_atomic(state: dict[str, Any], path: Path) -> None:
-    """Write to a temp file beside ``path``, fsync, rename: a crash leaves old or new, whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    return read_checkpoint(
+        path,
+        "proxy restorer checkpoint",
+        kind=_CHECKPOINT_KIND,
+        format_version=CHECKPOINT_FORMAT,
+        keys=_CHECKPOINT_KEYS,
+        error=ProxyCheckpointError,
+    )
 
 
 def _build_model(config: Mapping[str, Any], seed: int) -> nn.Module:
@@ -304,7 +273,7 @@ def train_proxy(
     resumed_from = step
 
     def save() -> None:
-        _write_atomic(
+        write_atomic(
             {
                 "format": CHECKPOINT_FORMAT,
                 "kind": _CHECKPOINT_KIND,

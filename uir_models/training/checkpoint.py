@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from uir_models.checkpoints import CheckpointError, read_checkpoint, write_atomic
+
+__all__ = ["CheckpointError", "read_training_checkpoint", "write_atomic"]
 
 CHECKPOINT_FORMAT = 1
 """Bumped when the layout changes; other formats are refused, not guessed at."""
@@ -21,43 +22,14 @@ _KEYS = frozenset(
 )
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint exists but cannot be used; it is never discarded silently."""
-
-
-def write_atomic(state: dict[str, Any], path: Path) -> None:
-    """Write to a temp file beside ``path``, fsync, rename: a crash leaves old or new, whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """Load (``weights_only``: no code runs from the file) and check a checkpoint; every
-    failure names the file, so a user knows what to delete."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"cannot read training checkpoint {path}: {exc}; delete it to start over"
-        ) from exc
-    if not isinstance(state, dict) or not _KEYS.issubset(state):
-        raise CheckpointError(f"{path} is not a training checkpoint of this loop")
-    if state["kind"] != CHECKPOINT_KIND or state["format"] != CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"{path} is a {state['kind']!r} checkpoint of format {state['format']}; "
-            f"this code reads {CHECKPOINT_KIND!r} format {CHECKPOINT_FORMAT}"
-        )
-    return state
+def read_training_checkpoint(path: Path) -> dict[str, Any]:
+    return read_checkpoint(
+        path,
+        "training checkpoint",
+        kind=CHECKPOINT_KIND,
+        format_version=CHECKPOINT_FORMAT,
+        keys=_KEYS,
+    )
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:

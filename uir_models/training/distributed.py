@@ -14,12 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` picks CUDA when there is one; anything else is passed to ``torch.device``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+from uir_models.devices import resolve_device
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 from uir_models.training.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_KIND,
-    read_checkpoint,
+    read_training_checkpoint,
     rng_state,
     seed_everything,
     set_rng_state,
@@ -275,7 +275,7 @@ def _epoch_batches(loader: EpochLoader, epoch: int, seed: int) -> Iterator[Batch
 def _resumable(path: Path, digest: str) -> dict[str, Any] | None:
     if not path.exists():
         return None
-    state = read_checkpoint(path)
+    state = read_training_checkpoint(path)
     if state["digest"] != digest:
         log.warning(
             "checkpoint %s was made by another run (digest %s, now %s): starting over",
