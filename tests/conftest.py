@@ -8,7 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,17 @@ from PIL import Image
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 """The bin folder of the interpreter running the tests: where `uir` and `dvc` are installed."""
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """The CI box is shared: one torch thread is faster than contended ones for tiny models."""
+    import torch  # only the model tests pay for the import
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

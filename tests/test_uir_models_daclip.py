@@ -25,13 +25,7 @@ from uir_models.quality.perceiver import WeightsUnavailableError
 TOY_TYPES = ["hazy", "noisy"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The CI box is shared; one thread is faster than contended ones for these tiny models.
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(seed: int = 0, **overrides) -> DaCLIP:

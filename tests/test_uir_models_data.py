@@ -44,13 +44,7 @@ TYPES = ["noisy", "hazy", "low-resolution", "rainy"]
 SIZE = 32
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The CI box is shared; one thread is faster than contended ones for these tiny tensors.
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import torch.distributed as dist
 
 from uir.dataset import schema
@@ -27,13 +26,7 @@ SAMPLES, SHARD_SIZE, BATCH, EPOCHS = 24, 8, 4, 2
 DEADLINE_S = 150
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The CI box is shared; one thread is faster than contended ones for these tiny tensors.
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

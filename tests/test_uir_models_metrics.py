@@ -20,14 +20,7 @@ from uir_models.metrics import (
     ssim_torch,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The CI box is shared; one thread is faster than contended ones for these small images.
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _photo(h: int = 48, w: int = 40, seed: int = 0) -> np.ndarray:

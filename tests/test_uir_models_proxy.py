@@ -22,13 +22,7 @@ from uir_models.quality.proxy import (
 MICRO = {"arch": "nafnet", "width": 4, "enc_blocks": [1], "middle_blocks": 0, "dec_blocks": [1]}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The CI box is shared; one thread is faster than contended ones for these tiny models.
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _photo(rng: np.random.Generator, h: int = 48, w: int = 48) -> np.ndarray:

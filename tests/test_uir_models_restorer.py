@@ -10,14 +10,7 @@ from uir_models.archs.nafnet import NAFNet
 from uir_models.factory import create_model, list_models
 from uir_models.tiling import restore_tiled
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The CI box is shared; one thread is faster than contended ones for these tiny models.
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _image(h: int, w: int, seed: int = 1) -> torch.Tensor:

@@ -39,13 +39,7 @@ TRAIN_PAIRS, VAL_PAIRS, SHARD_SIZE, SIZE = 24, 4, 8, 32
 DEADLINE_S = 150
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The CI box is shared; one thread is faster than contended ones for these tiny models.
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
