@@ -9,8 +9,6 @@ step stamps, training checkpoints), so a retried or re-run flow only does what i
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,9 +26,10 @@ from prefect.futures import as_completed
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
+from flows.dvc import record_in_dvc
 from uir.dataset import build
 from uir.dataset.chunks import ChunkResult, write_chunk
-from uir.dataset.config import RunnerConfig, load_dataset_config
+from uir.dataset.config import RunnerConfig, load_dataset_config, load_params
 from uir.dataset.manifest import finalize
 from uir.dataset.sources import discover
 from uir.quality import folds, label, perceive, render
@@ -123,11 +122,14 @@ def build_dataset(
     overrides: dict[str, Any] | None = None,
     dvc_commit: bool = False,
     steps: list[str] | None = None,
+    train: bool | None = None,
 ) -> dict[str, Any]:
     """Build ``datasets.<dataset>`` of ``params`` and label it when ``quality.<dataset>``
     exists; ``steps`` picks a part (base, proxy, render, perceiver, label), ``dvc_commit``
     records the outputs in dvc.lock afterwards (for runs outside `dvc repro`, such as
-    deployments). Returns the base and the labelled manifests (None for steps not run)."""
+    deployments). ``train`` runs the ``train-controller`` and ``train-restorer`` flows
+    afterwards (None: when the selected training profile reads this dataset). Returns the
+    base and the labelled manifests (None for steps not run) and the training results."""
     dataset_overrides, quality_overrides = split_overrides(overrides)
     config = load_dataset_config(dataset, params, dataset_overrides)
     job = load_job(dataset, params, dataset_overrides, quality_overrides)
@@ -144,7 +146,27 @@ def build_dataset(
         if job is not None:
             stages += [s for step in chosen if step != "base" and (s := dvc_stage(job, step))]
         record_in_dvc(config.root, stages)
-    return {"dataset": dataset, "steps": chosen, "base": base, "quality": labelled}
+    trained = None
+    if train if train is not None else trains_on(dataset, params):
+        from flows.train import train_controller, train_restorer
+
+        trained = {
+            **train_controller(params=params, dvc_commit=dvc_commit),
+            **train_restorer(params=params, dvc_commit=dvc_commit),
+        }
+    return {
+        "dataset": dataset, "steps": chosen, "base": base, "quality": labelled,
+        "training": trained,
+    }
+
+
+def trains_on(dataset: str, params: str | Path) -> bool:
+    """Whether params.yaml's selected training profile reads ``dataset``."""
+    entry = load_params(Path(params)).get("training")
+    if not isinstance(entry, dict):
+        return False
+    profile = (entry.get("profiles") or {}).get(entry.get("profile")) or {}
+    return profile.get("dataset") == dataset
 
 
 @contextmanager
@@ -272,13 +294,3 @@ def _summary_artifact(name: str, manifest: dict[str, Any], results: list[ChunkRe
             f"{reused} of {len(results)}"
         ),
     )
-
-
-def record_in_dvc(root: str, stages: list[str]) -> None:
-    """`dvc commit` the stages so a build made outside `dvc repro` is versioned the same way."""
-    completed = subprocess.run(
-        [sys.executable, "-m", "dvc", "commit", "--force", *stages],
-        cwd=root, capture_output=True, text=True, check=False,
-    )
-    if completed.returncode != 0:
-        raise RuntimeError(f"dvc commit {' '.join(stages)} failed: {completed.stderr.strip()}")

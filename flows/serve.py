@@ -16,11 +16,15 @@ from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.build_dataset import build_dataset
-from uir.dataset.config import dataset_names, load_dataset_config
+from flows.train import train_controller, train_restorer
+from uir.dataset.config import dataset_names, load_dataset_config, load_params
+from uir.training.config import load_training_config
 
 
 def deployments(params: Path) -> list[RunnerDeployment]:
-    """One deployment per dataset; a dataset with a DVC stage records its outputs in dvc.lock."""
+    """One deployment per dataset; a dataset with a DVC stage records its outputs in dvc.lock.
+    The build of the training profile's dataset then trains (``build_dataset(train=None)``);
+    ``train-controller/<profile>`` and ``train-restorer/<profile>`` retrain on their own."""
     params = params.resolve()
     made = []
     for name in dataset_names(params):
@@ -36,6 +40,18 @@ def deployments(params: Path) -> list[RunnerDeployment]:
                 entrypoint_type=EntrypointType.MODULE_PATH,  # the installed package, any cwd
             )
         )
+    if "training" in load_params(params):
+        profile = load_training_config(params).profile  # a bad entry fails here too
+        for training_flow in (train_controller, train_restorer):
+            made.append(
+                training_flow.to_deployment(
+                    name=profile,
+                    parameters={"params": str(params), "dvc_commit": True},
+                    description=f"{training_flow.name} with training profile {profile}",
+                    concurrency_limit=1,
+                    entrypoint_type=EntrypointType.MODULE_PATH,
+                )
+            )
     return made
 
 

@@ -174,14 +174,30 @@ QUICK_QUALITY = {
 }
 
 
+QUICK_TRAINING_DATA = {"synthesis.variants": 4}
+"""The training demo's dataset at CI size: 28 samples, every split non-empty."""
+QUICK_TRAINING = {
+    "controller.data.batch_size": 4, "controller.data.num_workers": 0,
+    "controller.train.iterations": 6, "controller.train.checkpoint_every": 3,
+    "controller.train.log_every": 2, "controller.train.eval_every": 3,
+    "restorers.nafnet.data.batch_size": 4, "restorers.nafnet.data.num_workers": 0,
+    "restorers.nafnet.train.iterations": 6, "restorers.nafnet.train.checkpoint_every": 3,
+    "restorers.nafnet.train.log_every": 2, "restorers.nafnet.train.eval_every": 3,
+    "evaluate.lpips": False,
+}
+"""The demo training profile at CI size (a few steps of each model)."""
+
+
 def _clone_working_tree(
     repo_root: Path, clone: Path, demo_changes: dict[str, Any],
     quality_changes: dict[str, Any] | None = None,
+    training_changes: dict[str, Any] | None = None,
 ) -> Path:
     """The working tree (tracked and untracked, not ignored) as a fresh one-commit git repo,
     with ``demo_changes`` (dotted keys) applied to the demo dataset, ``quality_changes``
-    (default: ``QUICK_QUALITY``) to its quality entry, and the other datasets dropped, so
-    uncommitted work is what the clone runs."""
+    (default: ``QUICK_QUALITY``) to its quality entry, ``training_changes`` (default:
+    ``QUICK_TRAINING``) to the demo training profile, whose dataset is made CI-sized too, and
+    the other datasets dropped, so uncommitted work is what the clone runs."""
     from degradations.config import merge
 
     listed = subprocess.run(
@@ -195,9 +211,17 @@ def _clone_working_tree(
             shutil.copy2(source, clone / rel)
     params_path = clone / "params.yaml"
     params = yaml.safe_load(params_path.read_text())
-    params["datasets"] = {"demo": merge(params["datasets"]["demo"], demo_changes)}
+    training = params["training"]
+    trained_on = training["profiles"]["demo"]["dataset"]
+    params["datasets"] = {
+        "demo": merge(params["datasets"]["demo"], demo_changes),
+        trained_on: merge(params["datasets"][trained_on], QUICK_TRAINING_DATA),
+    }
     quality = QUICK_QUALITY if quality_changes is None else quality_changes
     params["quality"] = {"demo": merge(params["quality"]["demo"], quality)}
+    changes = QUICK_TRAINING if training_changes is None else training_changes
+    training["profile"] = "demo"
+    training["profiles"]["demo"] = merge(training["profiles"]["demo"], changes)
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     git = ["git", "-c", "user.name=UIR Test", "-c", "user.email=test@example.invalid"]
     subprocess.run([*git, "init", "-q"], cwd=clone, check=True)

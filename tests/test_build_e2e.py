@@ -29,6 +29,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from degradations.names import DACLIP_TYPES
 from uir.cli import main as uir_main
 from uir.dataset.atomic import temporary_path
 from uir.dataset.build import run_build
@@ -162,7 +163,20 @@ def test_dvc_repro_in_a_fresh_clone(tmp_path, repo_root, run_cli, file_identity,
     assert run_cli("uir", "verify", labelled, cwd=clone).stdout.startswith("OK")
     lock = yaml.safe_load((clone / "dvc.lock").read_text())
     assert set(lock["stages"]) == {
-        "build_demo", "proxy_demo", "render_demo", "perceiver_demo", "label_demo"}
+        "build_demo", "proxy_demo", "render_demo", "perceiver_demo", "label_demo",
+        "build_demo_daclip", "train_controller", "train_restorer", "evaluate"}
+    # The training chain: controller and restorer checkpoints, embeddings, evaluation.
+    models = clone / "models" / "train"
+    for path in ("controller/checkpoint.pt", "restorers/embeddings.pt",
+                 "restorers/nafnet/checkpoint.pt", "restorers/nafnet/log.csv"):
+        assert (models / path).is_file(), path
+    metrics = json.loads((clone / "reports" / "train" / "metrics.json").read_text())
+    assert metrics["profile"] == "demo" and metrics["controller"]["step"] == 6
+    assert set(metrics["controller"]["per_class"]) <= set(DACLIP_TYPES)
+    assert metrics["restorers"]["nafnet"]["step"] == 6
+    assert metrics["restorers"]["nafnet"]["count"] > 0
+    assert (clone / "reports" / "train" / "controller_confusion.csv").read_text().startswith(
+        "actual,predicted")
     assert sorted(o["path"] for o in lock["stages"]["label_demo"]["outs"]) == [
         "data/quality/demo/scores", "data/shards/demo-quality",
         "reports/quality/demo/confusion.csv", "reports/quality/demo/histograms",
@@ -203,6 +217,19 @@ def test_dvc_repro_in_a_fresh_clone(tmp_path, repo_root, run_cli, file_identity,
     assert file_identity(kept) == kept_before
     assert read_manifest(labelled)["quality"]["flagged"] == read_manifest(labelled)["counts"][
         "samples"]
+
+    # An evaluation setting re-runs only the evaluation; the trained models stay.
+    trained = sorted((clone / "models" / "train").rglob("*.pt"))
+    trained_before = file_identity(trained)
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["training"]["profiles"]["demo"]["evaluate"]["crop_border"] = 2
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    rerun = run_cli("dvc", "repro", cwd=clone, timeout=400)
+    ran = [line for line in rerun.stdout.splitlines() if line.startswith("Running stage")]
+    assert ran == ["Running stage 'evaluate':"]
+    assert file_identity(trained) == trained_before
+    metrics = json.loads((clone / "reports" / "train" / "metrics.json").read_text())
+    assert metrics["restorers"]["nafnet"]["crop_border"] == 2
 
     # The DVC route (local engine, process pool) and an inline local build make the same bytes.
     local = build(clone / "params.yaml", "demo", workers=1, output=str(tmp_path / "local"))

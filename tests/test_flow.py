@@ -150,6 +150,26 @@ def test_deployment_run_through_a_local_server(
             summary = artifact(client, "build-demo-summary")
             quality_card = artifact(client, "build-demo-quality")
             quality_types = artifact(client, "build-demo-quality-types")
+
+            # One deployment builds the training profile's dataset, then trains and evaluates
+            # (train-controller and train-restorer run as subflows, torchrun inside).
+            started = subprocess.run(
+                ["bash", "-c", "source scripts/prefect-env.sh && "
+                 "prefect deployment run build-dataset/demo-daclip"],
+                cwd=clone, env=env, capture_output=True, text=True, timeout=120, check=True,
+            )
+            train_run_id = UUID(FLOW_RUN_ID.search(started.stdout).group(1))
+
+            def trained() -> Any:
+                state = client.read_flow_run(train_run_id).state
+                return state if state.is_final() else None
+
+            state = wait_until("finished training run", trained, serving, log, timeout=480)
+            assert state.is_completed(), f"{state}\n{log.read_text()[-4000:]}"
+            evaluation = artifact(client, "train-demo-evaluation")
+            classes = artifact(client, "train-demo-controller-classes")
+            restorer = artifact(client, "train-demo-restorer-nafnet")
+            names = {d.name for d in client.read_deployments()}
         out = clone / "data" / "shards" / "demo"
         manifest = json.loads((out / "manifest.json").read_text())
         assert sorted(out.glob("*.tar")) and manifest["counts"]["samples"] == 7 * 2
@@ -179,7 +199,17 @@ def test_deployment_run_through_a_local_server(
         # The deployment passed dvc_commit: dvc.lock records the outputs, and they match.
         stages = yaml.safe_load((clone / "dvc.lock").read_text())["stages"]
         assert set(stages) == {
-            "build_demo", "proxy_demo", "render_demo", "perceiver_demo", "label_demo"}
+            "build_demo", "proxy_demo", "render_demo", "perceiver_demo", "label_demo",
+            "build_demo_daclip", "train_controller", "train_restorer", "evaluate"}
+
+        # The training deployment's evaluation, as artifacts and DVC metrics.
+        metrics = json.loads((clone / "reports" / "train" / "metrics.json").read_text())
+        assert evaluation.type == "markdown" and "Controller (step 6)" in evaluation.data
+        assert {row["class"] for row in json.loads(classes.data)} == set(
+            metrics["controller"]["per_class"])
+        assert {row["type"] for row in json.loads(restorer.data)} == set(
+            metrics["restorers"]["nafnet"]["per_type"])
+        assert {"demo", "demo-daclip"} <= names  # build-dataset/<name>; train-*/demo too
         stage = stages["build_demo"]
         assert [(o["path"], o["md5"].endswith(".dir")) for o in stage["outs"]] == [
             ("data/shards/demo", True)

@@ -225,7 +225,7 @@ def cmd_build(args: argparse.Namespace) -> None:
 
             result = build_dataset(
                 name, params=str(args.params), overrides=overrides, dvc_commit=args.dvc_commit,
-                steps=steps,
+                steps=steps, train=args.train,
             )
             base, labelled = result["base"], result["quality"]
     except (ConfigError, CaptionError, QualityError) as err:
@@ -248,6 +248,43 @@ def cmd_build(args: argparse.Namespace) -> None:
         )
     elif set(steps) - {"base"}:
         print(f"{config.name}: steps {', '.join(steps)} done")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import logging
+
+    from uir.dataset.config import ConfigError
+    from uir.training.config import STEPS
+    from uir.training.job import TrainingError
+    from uir.training.launch import LaunchError, launch
+    from uir_models.data import DatasetError
+
+    # Progress of our loops only: open_clip logs every model it builds at INFO.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    for name in ("uir", "uir_models"):
+        logging.getLogger(name).setLevel(logging.INFO)
+        logging.getLogger(name).addHandler(handler)
+    steps = list(STEPS) if args.step == "all" else [args.step]
+    overrides = _parse_sets(args.set)
+    for step in steps:
+        try:
+            result = launch(
+                step,
+                args.params,
+                profile=args.profile,
+                overrides=overrides,
+                restorer=args.restorer,
+                torchrun=args.torchrun,
+            )
+        except (ConfigError, TrainingError, LaunchError, DatasetError) as err:
+            _fail(str(err))
+        if step == "evaluate":
+            from uir.training.evaluate import report_markdown
+
+            print(report_markdown(result["evaluate"]), end="")
+        else:
+            print(json.dumps({step: result}, indent=1, default=str))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -367,7 +404,27 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: base, plus the quality steps when quality.<name> exists)")
     build.add_argument("--dvc-commit", action="store_true",
                        help="record the outputs in dvc.lock afterwards (not inside dvc repro)")
+    build.add_argument("--train", action="store_true",
+                       help="then run the train-controller and train-restorer flows of the "
+                            "training profile (prefect engine; deployments do this by default "
+                            "for the profile's dataset)")
     build.set_defaults(run=cmd_build)
+
+    training = commands.add_parser(
+        "train", help="train the DA-CLIP controller and restorers of params.yaml's training "
+        "profile from its dataset's shards"
+    )
+    training.add_argument("step", choices=("controller", "restorer", "evaluate", "all"))
+    training.add_argument("--params", default="params.yaml")
+    training.add_argument("--profile", help="a training.profiles entry (default: training.profile)")
+    training.add_argument("--restorer", help="train only this restorer of the profile")
+    training.add_argument("--set", action="append", metavar="KEY=VALUE",
+                          help="override a field of the profile, e.g. "
+                               "--set controller.train.iterations=50")
+    training.add_argument("--torchrun", action=argparse.BooleanOptionalAction, default=None,
+                          help="launch through torchrun even for one process (default: only "
+                               "when the profile has nproc > 1 or nnodes > 1)")
+    training.set_defaults(run=cmd_train)
 
     check = commands.add_parser("verify", help="check a built dataset byte for byte")
     check.add_argument("dir")

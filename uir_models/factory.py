@@ -32,10 +32,24 @@ def _build_daclip(params: Mapping[str, Any]) -> nn.Module:
     return build_daclip(DaClipConfig.from_dict(params))
 
 
+def _build_nafnet_daclip(params: Mapping[str, Any]) -> nn.Module:
+    from uir_models.archs.nafnet_daclip import NAFNetDaClip, NAFNetDaClipConfig
+
+    return NAFNetDaClip(NAFNetDaClipConfig.from_dict(params))
+
+
+def _build_irsde_unet(params: Mapping[str, Any]) -> nn.Module:
+    from uir_models.archs.irsde_unet import ConditionalUNet, ConditionalUNetConfig
+
+    return ConditionalUNet(ConditionalUNetConfig.from_dict(params))
+
+
 # arch name -> builder taking the config without its "arch" key (and raising on unknown keys).
 ARCHS: dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {
     "nafnet": _build_nafnet,
     "daclip": _build_daclip,
+    "nafnet_daclip": _build_nafnet_daclip,
+    "irsde_unet": _build_irsde_unet,
 }
 
 

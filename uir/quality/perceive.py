@@ -192,6 +192,16 @@ def score_digest(job: QualityJob, shard: str) -> str:
     return digest("score", render["digest"], prompts["digest"], job.quality.perceiver.crop)
 
 
+def trained_perceiver(job: QualityJob) -> Any:
+    """The perceiver with this job's learned prompts (for scoring, or as a restorer's L_clip)."""
+    path = job.perceiver_dir / PROMPTS
+    if not path.exists():
+        raise QualityError(f"no learned prompts at {path}: run `uir build {job.dataset.name}`")
+    perceiver = _perceiver(job)
+    perceiver.load_context(path)
+    return perceiver.eval()
+
+
 _TRAINED: dict[str, Any] = {}  # per worker process: one load per learned prompt set
 
 
@@ -199,8 +209,7 @@ def _trained_perceiver(job: QualityJob, prompts_digest: str) -> Any:
     from uir_models.quality.prompt_training import resolve_device
 
     if prompts_digest not in _TRAINED:
-        perceiver = _perceiver(job)
-        perceiver.load_context(job.perceiver_dir / PROMPTS)
+        perceiver = trained_perceiver(job)
         device = resolve_device(job.quality.perceiver.device)
         _TRAINED.clear()
         _TRAINED[prompts_digest] = perceiver.to(device).eval()
