@@ -24,12 +24,16 @@ What is measured:
   split: the figure is per sample, and the table shows both sample counts.
 - Training steps: ``create_model`` + AdamW over the trainable parameters; per step forward,
   loss, backward and optimizer step on random tensors already on the device (no data loading).
-  Restorers (NAFNet): ``RestorerTask.loss`` (L1) on (batch, 3, crop, crop). DA-CLIP controller:
+  Restorers: ``RestorerTask.loss`` (NAFNet, L1) on (batch, 3, crop, crop); NAFNet + DA-CLIP
+  (``ConditionedRestorerTask``, L1) and the IR-SDE U-Net (``SdeRestorerTask``: one noise-matching
+  step at a random t of T = 100) also get random unit embeddings of the config's context size,
+  as precomputed DA-CLIP embeddings arrive in a batch. DA-CLIP controller:
   ``forward(images, captions)`` + ``loss`` (content InfoNCE + degradation loss) on (batch, 3,
   image_size) images at the CLIP config's size, eight distinct caption strings (tokenised each
   step, as in training) and one random DA-CLIP type per sample. ``--warmup-steps`` untimed, then
-  ``--steps`` timed (CUDA synchronised). CPU: ``nafnet-tiny`` and ``daclip-tiny``; CUDA adds the
-  paper sizes ``nafnet-proxy`` and ``daclip-vit-b-32`` (``pretrained`` overridden to None: random
+  ``--steps`` timed (CUDA synchronised). CPU: the tiny configs (``daclip-tiny``, ``nafnet-tiny``,
+  ``nafnet-daclip-tiny``, ``irsde-daclip-tiny``); CUDA adds the paper sizes ``daclip-vit-b-32``,
+  ``nafnet-proxy``, ``nafnet-daclip``, ``irsde-daclip`` (``pretrained`` overridden to None: random
   weights, same speed, no download) and reports ``torch.cuda.max_memory_allocated`` over the
   timed steps (reset after the warm-up). A model that cannot be built (e.g. open_clip missing
   or its files unavailable) gets a skip row with the reason instead of a crash.
@@ -62,7 +66,9 @@ from uir_models.data import LoaderConfig, train_loader
 from uir_models.data.pipeline import read_samples
 from uir_models.data.transforms import SampleDecoder, collate, decode_rgb
 from uir_models.factory import create_model, get_model_config
+from uir_models.sde import IRSDE, SdeConfig
 from uir_models.training import RestorerTask, resolve_device
+from uir_models.training.tasks import ConditionedRestorerTask, SdeRestorerTask
 
 ROOT = Path(__file__).resolve().parent.parent
 TYPES = tuple(str(t) for t in DACLIP_TYPES)
@@ -236,12 +242,25 @@ def _step_inputs(model: torch.nn.Module, name: str, args: argparse.Namespace, de
         return "controller", side, loss
     lq = torch.rand(args.batch, 3, args.crop, args.crop, generator=gen).to(device)
     hq = torch.rand(args.batch, 3, args.crop, args.crop, generator=gen).to(device)
-    task = RestorerTask(model)
+    batch = {"lq": lq, "hq": hq}
+    arch = get_model_config(name).get("arch", "nafnet")
+    if arch == "nafnet":
+        task: Any = RestorerTask(model)
+    else:  # DA-CLIP-conditioned: precomputed unit embeddings ride along in the batch
+        dim = model.config.context_dim
+        for key in ("degra_emb", "content_emb"):
+            emb = torch.randn(args.batch, dim, generator=gen)
+            batch[key] = torch.nn.functional.normalize(emb, dim=-1).to(device)
+        task = (
+            SdeRestorerTask(model, IRSDE(SdeConfig()))
+            if arch == "irsde_unet"
+            else ConditionedRestorerTask(model)
+        )
 
     def restorer_loss() -> torch.Tensor:
-        return task.loss(model, {"lq": lq, "hq": hq})["loss"]
+        return task.loss(model, batch)["loss"]
 
-    return "restorer", (args.crop, args.crop), restorer_loss
+    return f"restorer ({arch})", (args.crop, args.crop), restorer_loss
 
 
 def bench_step(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -325,9 +344,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.models is None:
-        args.models = ["daclip-tiny", "nafnet-tiny"]
+        args.models = ["daclip-tiny", "nafnet-tiny", "nafnet-daclip-tiny", "irsde-daclip-tiny"]
         if cuda:
-            args.models += ["daclip-vit-b-32", "nafnet-proxy"]
+            args.models += ["daclip-vit-b-32", "nafnet-proxy", "nafnet-daclip", "irsde-daclip"]
     return args
 
 

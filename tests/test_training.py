@@ -119,7 +119,7 @@ def test_repository_profiles_load() -> None:
     repo = Path(__file__).resolve().parents[1] / "params.yaml"
     demo = load_training_config(repo, profile="demo").selected
     paper = load_training_config(repo, profile="paper").selected
-    assert demo.controller.model == "daclip-tiny" and demo.nproc == 1
+    assert demo.controller.model == "daclip-demo" and demo.nproc == 1
     assert paper.controller.model == "daclip-vit-b-32" and paper.nproc > 1
     assert paper.controller.data["crop_size"] == 224
     assert {r.method for r in paper.restorers.values()} == {"direct", "sde"}

@@ -208,8 +208,11 @@ def cmd_build(args: argparse.Namespace) -> None:
         _fail(str(err))
     from uir.dataset.captions import CaptionError
 
+    trained = None
     try:
         if args.engine == "local":
+            if args.train:
+                _fail("--train runs the training flows: use the prefect engine")
             from uir.dataset.build import run_build, stderr_progress
 
             progress = stderr_progress(config.name)
@@ -228,6 +231,7 @@ def cmd_build(args: argparse.Namespace) -> None:
                 steps=steps, train=args.train,
             )
             base, labelled = result["base"], result["quality"]
+            trained = result["training"]
     except (ConfigError, CaptionError, QualityError) as err:
         _fail(str(err))
     if base is not None:
@@ -248,6 +252,10 @@ def cmd_build(args: argparse.Namespace) -> None:
         )
     elif set(steps) - {"base"}:
         print(f"{config.name}: steps {', '.join(steps)} done")
+    if trained is not None:
+        from uir.training.evaluate import report_markdown
+
+        print(report_markdown(trained["evaluate"]), end="")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -263,8 +271,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     for name in ("uir", "uir_models"):
-        logging.getLogger(name).setLevel(logging.INFO)
-        logging.getLogger(name).addHandler(handler)
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
+        logger.propagate = False  # a library may have configured the root logger as well
     steps = list(STEPS) if args.step == "all" else [args.step]
     overrides = _parse_sets(args.set)
     for step in steps:

@@ -234,6 +234,11 @@ def train_restorer(job: TrainingJob, name: str, *, stop_after: int | None = None
     if conditioned and not job.embeddings.exists():
         raise TrainingError(f"{job.embeddings} is missing: run `uir train restorer` (it embeds)")
     embeddings = EmbeddingTable.load(job.embeddings) if conditioned else None
+    if embeddings is not None and embeddings.degra.shape[1] != model.config.context_dim:
+        raise TrainingError(
+            f"restorer {name} ({section.model}) takes {model.config.context_dim}-d embeddings, "
+            f"the controller gives {embeddings.degra.shape[1]}-d: set its context_dim to match"
+        )
     config = _train_config(job, section.train)
     ctx = init_distributed(config.device)
     task = restorer_task(job, section, model, ctx.device)
