@@ -37,11 +37,13 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from uir_models.config_keys import check_keys
 
 NoiseModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``model(x_t, lq, t) -> predicted noise``; ``t`` is a float tensor of timesteps, shape (B,)."""
@@ -65,10 +67,7 @@ class SdeConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> SdeConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown SDE config keys {unknown}; known: {sorted(known)}")
+        check_keys(cls, values, "SDE config")
         cfg = cls(**values)
         cfg.validate()
         return cfg

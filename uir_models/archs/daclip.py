@@ -19,7 +19,7 @@ import copy
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from degradations.names import DACLIP_TYPES
+from uir_models.config_keys import check_keys
 from uir_models.quality.perceiver import ClipBundle, load_clip
 
 CONTROL_ORDERS = ("reference", "aligned")
@@ -60,10 +61,7 @@ class DaClipConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> DaClipConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown DA-CLIP config keys {unknown}; known: {sorted(known)}")
+        check_keys(cls, values, "DA-CLIP config")
         cfg = cls(**values)
         cfg.validate()
         return cfg

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from uir_models.config_keys import check_keys
 
 
 @dataclass(frozen=True)
@@ -59,12 +61,7 @@ class ConditionalUNetConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ConditionalUNetConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown ConditionalUNet config keys {unknown}; known: {sorted(known)}"
-            )
+        check_keys(cls, values, "ConditionalUNet config")
         cfg = cls(**values)
         cfg.validate()
         return cfg

@@ -9,12 +9,14 @@ CI-sized model and the paper-sized one are the same code.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from uir_models.config_keys import check_keys
 
 
 class LayerNorm2d(nn.Module):
@@ -85,10 +87,7 @@ class NAFNetConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> NAFNetConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown NAFNet config keys {unknown}; known: {sorted(known)}")
+        check_keys(cls, values, "NAFNet config")
         cfg = cls(**values)
         cfg.validate()
         return cfg

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uir_models.archs.nafnet import LayerNorm2d, NAFBlock, NAFNetConfig
+from uir_models.config_keys import check_keys
 
 
 @dataclass(frozen=True)
@@ -47,12 +48,7 @@ class NAFNetDaClipConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> NAFNetDaClipConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown NAFNet-DA-CLIP config keys {unknown}; known: {sorted(known)}"
-            )
+        check_keys(cls, values, "NAFNet-DA-CLIP config")
         cfg = cls(**values)
         cfg.validate()
         return cfg

@@ -45,6 +45,7 @@ from uir_models.data.balance import Balance, shuffled, type_balanced
 from uir_models.data.embeddings import EmbeddingTable, as_embedding_table
 from uir_models.data.shards import DatasetError, SplitShards, split_shards
 from uir_models.data.transforms import SampleDecoder, collate, parse_sample
+from uir_models.config_keys import check_keys
 
 # Purposes of the seeded generators; keys are always (seed, epoch, purpose, rank, worker) so
 # no two purposes or consumers share a stream.
@@ -79,10 +80,7 @@ class LoaderConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> LoaderConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown data loader keys {unknown}; known: {sorted(known)}")
+        check_keys(cls, values, "data loader")
         return cls(**values)
 
     def __post_init__(self) -> None:

@@ -29,7 +29,7 @@ import math
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -38,6 +38,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from uir_models.config_keys import check_keys
 from uir_models.training.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_KIND,
@@ -115,10 +116,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training keys {unknown}; known: {sorted(known)}")
+        check_keys(cls, values, "training")
         return cls(**values)
 
     def canonical(self) -> dict[str, Any]:
