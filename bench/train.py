@@ -31,12 +31,13 @@ What is measured:
   ``forward(images, captions)`` + ``loss`` (content InfoNCE + degradation loss) on (batch, 3,
   image_size) images at the CLIP config's size, eight distinct caption strings (tokenised each
   step, as in training) and one random DA-CLIP type per sample. ``--warmup-steps`` untimed, then
-  ``--steps`` timed (CUDA synchronised). CPU: the tiny configs (``daclip-tiny``, ``nafnet-tiny``,
-  ``nafnet-daclip-tiny``, ``irsde-daclip-tiny``); CUDA adds the paper sizes ``daclip-vit-b-32``,
-  ``nafnet-proxy``, ``nafnet-daclip``, ``irsde-daclip`` (``pretrained`` overridden to None: random
-  weights, same speed, no download) and reports ``torch.cuda.max_memory_allocated`` over the
-  timed steps (reset after the warm-up). A model that cannot be built (e.g. open_clip missing
-  or its files unavailable) gets a skip row with the reason instead of a crash.
+  ``--steps`` timed (CUDA synchronised). CPU: the tiny configs (``daclip-tiny``, ``daclip-demo``,
+  ``nafnet-tiny``, ``nafnet-daclip-tiny``, ``irsde-daclip-tiny``); CUDA adds the paper sizes
+  ``daclip-vit-b-32``, ``nafnet-proxy``, ``nafnet-daclip``, ``irsde-daclip`` (``pretrained``
+  overridden to None: random weights, same speed, no download) and reports
+  ``torch.cuda.max_memory_allocated`` over the timed steps (reset after the warm-up). A model
+  that cannot be built (e.g. open_clip missing or its files unavailable) gets a skip row with
+  the reason instead of a crash.
 
 Noise: CPU figures on a shared machine vary with other load; the demo split is ~20 MB, so both
 loaders read from the page cache (disk speed is not measured). fp32 throughout.
@@ -344,7 +345,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.models is None:
-        args.models = ["daclip-tiny", "nafnet-tiny", "nafnet-daclip-tiny", "irsde-daclip-tiny"]
+        args.models = [
+            "daclip-tiny", "daclip-demo", "nafnet-tiny", "nafnet-daclip-tiny", "irsde-daclip-tiny"
+        ]
         if cuda:
             args.models += ["daclip-vit-b-32", "nafnet-proxy", "nafnet-daclip", "irsde-daclip"]
     return args
@@ -405,19 +408,19 @@ def main(argv: list[str] | None = None) -> int:
         f"warm-up + {args.steps} timed, batch {args.batch}"
     )
     header = (
-        f"{'model':<18}{'kind':<12}{'input':>9}{'params M':>10}{'train M':>9}"
+        f"{'model':<20}{'kind':<26}{'input':>9}{'params M':>10}{'train M':>9}"
         f"{'steps/s':>9}{'samples/s':>11}{'peak GiB':>10}"
     )
     print(header)
     print("-" * len(header))
     for row in steps:
         if "skipped" in row:
-            print(f"{row['model']:<18}SKIPPED: {row['skipped']}")
+            print(f"{row['model']:<20}SKIPPED: {row['skipped']}")
             continue
         size = "x".join(str(s) for s in row["image"])
         peak = f"{row['peak_gib']:.2f}" if row["peak_gib"] is not None else "-"
         print(
-            f"{row['model']:<18}{row['kind']:<12}{size:>9}{row['params_m']:>10.2f}"
+            f"{row['model']:<20}{row['kind']:<26}{size:>9}{row['params_m']:>10.2f}"
             f"{row['trainable_m']:>9.2f}{row['steps_per_second']:>9.2f}"
             f"{row['samples_per_second']:>11.1f}{peak:>10}"
         )
