@@ -25,6 +25,7 @@ from uir.training.job import EMBEDDINGS_STAMP, TrainingError, TrainingJob
 from uir_models.checkpoints import write_atomic
 from uir_models.data import EmbeddingTable, eval_loader, split_shards, train_loader
 from uir_models.data.shards import DatasetError
+from uir_models.devices import resolve_device
 from uir_models.factory import create_model
 from uir_models.training import TrainConfig, train
 from uir_models.training.checkpoint import read_training_checkpoint
@@ -122,8 +123,8 @@ def compute_embeddings(job: TrainingJob) -> dict[str, Any]:
         stamp = {}
     if stamp.get("digest") == digest and job.embeddings.exists():
         return {**stamp, "skipped": True}
-    ctx = init_distributed(job.training.selected.device)
-    model.to(ctx.device)
+    device = resolve_device(job.training.selected.device)
+    model.to(device)
     types = tuple(model.degradation_types)
     batch_size = job.training.selected.embed_batch
     keys: list[str] = []
@@ -145,7 +146,7 @@ def compute_embeddings(job: TrainingJob) -> dict[str, Any]:
             continue  # an empty split
         # Full images one by one (sizes differ), batched after CLIP's resize + centre crop.
         for batch in eval_loader(job.shards_dir, split, types, rank=0, world_size=1):
-            pending.append(model.preprocess(batch["lq"].to(ctx.device)))
+            pending.append(model.preprocess(batch["lq"].to(device)))
             keys.extend(batch["key"])
             if len(pending) == batch_size:
                 flush()
@@ -154,15 +155,7 @@ def compute_embeddings(job: TrainingJob) -> dict[str, Any]:
         raise TrainingError(f"{job.shards_dir}: no samples to embed")
     table = EmbeddingTable(tuple(keys), torch.cat(degra), torch.cat(content), str(job.embeddings))
     job.restorers_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(
-        {
-            "format": "uir-embeddings/1",
-            "keys": list(table.keys),
-            "degra_emb": table.degra,
-            "content_emb": table.content,
-        },
-        job.embeddings,
-    )
+    write_atomic(table.state(), job.embeddings)  # a killed run leaves no half-written table
     stamp = {"digest": digest, "samples": len(keys), "controller_step": int(state["step"])}
     write_json_atomic(stamp_path, stamp)
     return {**stamp, "skipped": False}

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,6 +76,10 @@ class EmbeddingTable:
             raise ValueError(f"{path}: embeddings must be a .pt or .npz file")
         return cls(tuple(keys), degra.float(), content.float(), str(path))
 
+    def state(self) -> dict[str, Any]:
+        """What a ``.pt`` file holds (for writers that save it their own way, e.g. atomically)."""
+        return {"format": FORMAT, "keys": list(self.keys), DEGRA: self.degra, CONTENT: self.content}
+
     def save(self, path: str | Path) -> None:
         path = Path(path)
         if path.suffix == ".npz":
@@ -84,15 +89,7 @@ class EmbeddingTable:
                 **{DEGRA: self.degra.numpy(), CONTENT: self.content.numpy()},
             )
         elif path.suffix == ".pt":
-            torch.save(
-                {
-                    "format": FORMAT,
-                    "keys": list(self.keys),
-                    DEGRA: self.degra,
-                    CONTENT: self.content,
-                },
-                path,
-            )
+            torch.save(self.state(), path)
         else:
             raise ValueError(f"{path}: embeddings must be a .pt or .npz file")
 
