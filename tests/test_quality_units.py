@@ -234,7 +234,7 @@ def test_psnr_loss_is_the_mean_negative_psnr_per_sample():
     psnrs = [-10 * np.log10(0.01), -10 * np.log10(0.0001)]  # 20 dB and 40 dB
     assert float(restoration_loss(pred, target, "psnr")) == pytest.approx(-np.mean(psnrs), 1e-4)
     assert float(restoration_loss(pred, target, "l1")) == pytest.approx(0.055)
-    with pytest.raises(ValueError, match="unknown proxy loss"):
+    with pytest.raises(ValueError, match="unknown pixel loss"):
         restoration_loss(pred, target, "l2")
 
 

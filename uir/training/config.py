@@ -70,7 +70,7 @@ class RestorerSection(Config):
 
     model: str
     method: Literal["direct", "sde"] = "direct"
-    pixel_loss: Literal["l1", "mse"] = "l1"  # direct only; the SDE has its matching loss
+    pixel_loss: Literal["l1", "mse", "psnr"] = "l1"  # direct only (the SDE has its own loss)
     sde: dict[str, Any] = Field(default_factory=dict)  # uir_models.sde.SdeConfig fields
     eval_steps: int | None = Field(None, ge=1)  # SDE reverse steps in evaluation (None: T)
     clip_loss: ClipLossSection | None = None

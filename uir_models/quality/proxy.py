@@ -25,12 +25,12 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from uir_models.checkpoints import CheckpointError, read_checkpoint, write_atomic
 from uir_models.devices import resolve_device
 from uir_models.factory import create_model, get_model_config
+from uir_models.losses import restoration_loss
 from uir_models.tiling import restore_tiled
 
 log = logging.getLogger(__name__)
@@ -120,15 +120,6 @@ class ProxyTrainSettings:
         """
         text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
-
-
-def restoration_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    if kind == "l1":
-        return F.l1_loss(pred, target)
-    if kind == "psnr":
-        mse = (pred - target).pow(2).mean(dim=(1, 2, 3))
-        return (10.0 / math.log(10.0)) * torch.log(mse + 1e-8).mean()
-    raise ValueError(f"unknown proxy loss {kind!r}; use 'l1' or 'psnr'")
 
 
 class PairSet(Protocol):

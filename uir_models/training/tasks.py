@@ -12,9 +12,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from uir_models.losses import restoration_loss
 from uir_models.metrics import psnr_torch
 
 Batch = Mapping[str, Any]
@@ -43,13 +43,9 @@ class EvaluatedTask(TrainTask, Protocol):
         ...
 
 
-PixelLoss = Literal["l1", "mse"]
+PixelLoss = Literal["l1", "mse", "psnr"]
 QualityLoss = Callable[[torch.Tensor], torch.Tensor]
 """Images in [0, 1] -> a scalar to minimise (Perceive-IR's ``L_clip``: 1 - P(excellent))."""
-
-
-def _pixel_loss(pred: torch.Tensor, hq: torch.Tensor, kind: PixelLoss) -> torch.Tensor:
-    return F.l1_loss(pred, hq) if kind == "l1" else F.mse_loss(pred, hq)
 
 
 def _with_quality(
@@ -100,7 +96,7 @@ class RestorerTask:
 
     def loss(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         pred = self.restore(model, batch).float()
-        parts = {"loss": _pixel_loss(pred, batch["hq"], self.pixel_loss)}
+        parts = {"loss": restoration_loss(pred, batch["hq"], self.pixel_loss)}
         return _with_quality(parts, pred, self.quality_loss, self.quality_weight)
 
     @torch.no_grad()
