@@ -29,7 +29,7 @@ from uir_models.devices import resolve_device
 from uir_models.factory import create_model
 from uir_models.training import TrainConfig, train
 from uir_models.training.checkpoint import read_training_checkpoint
-from uir_models.training.distributed import barrier, init_distributed
+from uir_models.training.distributed import init_distributed
 from uir_models.training.loop import CHECKPOINT_NAME
 from uir_models.training.tasks import (
     ConditionedRestorerTask,
@@ -71,11 +71,23 @@ def load_trained(model: nn.Module, run_dir: Path, what: str) -> dict[str, Any]:
     return state
 
 
-def _monitor_loader(job: TrainingJob, types: tuple[str, ...], crop: int | None) -> Any:
+def _monitor_loader(
+    job: TrainingJob,
+    types: tuple[str, ...],
+    crop: int | None,
+    embeddings: EmbeddingTable | None = None,
+) -> Any:
     """Held-out batches the loop evaluates now and then (centre crops of the training size)."""
     evaluate = job.training.selected.evaluate
     try:
-        return eval_loader(job.shards_dir, evaluate.split, types, batch_size=8, crop_size=crop)
+        return eval_loader(
+            job.shards_dir,
+            evaluate.split,
+            types,
+            batch_size=8,
+            crop_size=crop,
+            embeddings=embeddings,
+        )
     except DatasetError as err:
         log.warning("no evaluation during training: %s", err)
         return None
@@ -237,19 +249,6 @@ def train_restorer(job: TrainingJob, name: str, *, stop_after: int | None = None
     task = restorer_task(job, section, model, ctx.device)
     types = dataset_types(job, section.split)
     loader = train_loader(job.shards_dir, section.split, types, section.data, embeddings=embeddings)
-    evaluate = job.training.selected.evaluate
-    try:
-        monitor = eval_loader(
-            job.shards_dir,
-            evaluate.split,
-            types,
-            batch_size=8,
-            crop_size=loader.seeding.get("crop_size"),
-            embeddings=embeddings,
-        )
-    except DatasetError as err:
-        log.warning("no evaluation during training: %s", err)
-        monitor = None
+    monitor = _monitor_loader(job, types, loader.seeding.get("crop_size"), embeddings)
     result = train(task, loader, config, job.restorer_dir(name), monitor, stop_after=stop_after)
-    barrier()
     return {"step": result.step, "resumed_from": result.resumed_from, **result.metrics}

@@ -19,6 +19,14 @@ from torch import nn
 from uir_models.config_keys import check_keys
 
 
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad the bottom and right edges so both sides divide by ``multiple`` (crop back after).
+    Replicate padding works for any size, even sides smaller than the padding."""
+    h, w = x.shape[-2:]
+    pad_h, pad_w = (-h) % multiple, (-w) % multiple
+    return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
+
+
 class LayerNorm2d(nn.Module):
     """LayerNorm over channels at every pixel: pointwise, so it never couples distant pixels."""
 
@@ -144,10 +152,7 @@ class NAFNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        m = self.size_multiple
-        pad_h, pad_w = (-h) % m, (-w) % m
-        # Replicate padding works for any size, even sides smaller than the padding.
-        inp = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
+        inp = pad_to_multiple(x, self.size_multiple)
         y = self.intro(inp)
         skips = []
         for enc, down in zip(self.encoders, self.downs, strict=True):

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uir_models.archs.nafnet import LayerNorm2d, NAFBlock, NAFNetConfig
+from uir_models.archs.nafnet import LayerNorm2d, NAFBlock, NAFNetConfig, pad_to_multiple
 from uir_models.config_keys import check_keys
 
 
@@ -191,9 +191,7 @@ class NAFNetDaClip(nn.Module):
         self, lq: torch.Tensor, degradation: torch.Tensor, content: torch.Tensor
     ) -> torch.Tensor:
         h, w = lq.shape[-2:]
-        m = self.size_multiple
-        pad_h, pad_w = (-h) % m, (-w) % m
-        inp = F.pad(lq, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else lq
+        inp = pad_to_multiple(lq, self.size_multiple)
         cond = self.degradation_mlp(degradation)
         context = content[:, None, :]  # one context token, as DA-CLIP passes it
         y = self.intro(inp)
