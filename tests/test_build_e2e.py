@@ -35,6 +35,7 @@ from uir.dataset.atomic import temporary_path
 from uir.dataset.build import run_build
 from uir.dataset.config import load_dataset_config
 from uir.dataset.verify import verify
+from uir.demo import demo_images
 
 REQUIRED = {"hq.png", "lq.png", "txt", "json"}
 SIGN_CAPTION = "a road sign reading: STOP\tin red"
@@ -147,7 +148,7 @@ def test_dvc_repro_in_a_fresh_clone(tmp_path, repo_root, run_cli, file_identity,
     fresh git clone, records every stage in dvc.lock, is a no-op the second time, pushes to the
     default local remote and leaves `dvc status` clean; a curation change re-runs only the
     label stage."""
-    # 14 samples instead of 56
+    # 2 variants per demo photo instead of 8
     clone = make_clone(repo_root, tmp_path / "clone", {"synthesis.variants": 2})
 
     run_cli("dvc", "repro", cwd=clone, timeout=400)
@@ -155,7 +156,7 @@ def test_dvc_repro_in_a_fresh_clone(tmp_path, repo_root, run_cli, file_identity,
     shards = sorted(out.glob("*.tar"))
     assert shards, "dvc repro made no shards"
     assert (out / "manifest.json").is_file()
-    assert read_manifest(out)["counts"]["samples"] == 7 * 2
+    assert read_manifest(out)["counts"]["samples"] == len(demo_images()) * 2
     verified = run_cli("uir", "verify", out, cwd=clone)
     assert verified.stdout.startswith("OK")
 

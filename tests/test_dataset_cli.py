@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from uir.cli import main
+from uir.demo import demo_images
 
 TINY = {"version": "1.2.3", "seed": 5, "sources": [{"kind": "demo"}],
         "captions": {"source": "sidecar", "cache": "cache/captions.sqlite"},
@@ -46,13 +47,14 @@ def test_build_then_inspect(tmp_path, capsys):
     params = _params(tmp_path)
     assert main(["build", "--params", str(params), "--engine", "local"]) == 0
     out = capsys.readouterr().out
-    assert "7 samples" in out and "seen 7, accepted 7, rejected 0" in out
+    n = len(demo_images())
+    assert f"{n} samples" in out and f"seen {n}, accepted {n}, rejected 0" in out
     assert main(["inspect", str(tmp_path / "out"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["dataset"] == "tiny" and info["version"] == "1.2.3" and info["samples"] == 7
-    assert sum(info["splits"].values()) == 7 and info["shards"] >= 3
+    assert info["dataset"] == "tiny" and info["version"] == "1.2.3" and info["samples"] == n
+    assert sum(info["splits"].values()) == n and info["shards"] >= 3
     assert main(["inspect", str(tmp_path / "out")]) == 0
-    assert "samples 7" in capsys.readouterr().out
+    assert f"samples {n}" in capsys.readouterr().out
     assert (tmp_path / "cache" / "captions.sqlite").parent.is_dir()
 
 

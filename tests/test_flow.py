@@ -28,6 +28,7 @@ from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from flows.build_dataset import make_task_runner
 from uir.dataset.config import RunnerConfig
+from uir.demo import demo_images
 
 FLOW_RUN_ID = re.compile(r"UUID: ([0-9a-f-]{36})")
 
@@ -172,7 +173,7 @@ def test_deployment_run_through_a_local_server(
             names = {d.name for d in client.read_deployments()}
         out = clone / "data" / "shards" / "demo"
         manifest = json.loads((out / "manifest.json").read_text())
-        assert sorted(out.glob("*.tar")) and manifest["counts"]["samples"] == 7 * 2
+        assert sorted(out.glob("*.tar")) and manifest["counts"]["samples"] == len(demo_images()) * 2
         assert run_cli("uir", "verify", out).stdout.startswith("OK")
 
         # Progress moved while chunks completed (steps of 1/chunks) and ended at 100 %.

@@ -135,3 +135,25 @@ def test_killed_proxy_training_resumes(tmp_path, repo_root, run_cli, make_clone,
     before = checkpoint.stat().st_mtime_ns
     run_cli("uir", "build", "demo", "--steps", "proxy", "--engine", "local", cwd=clone)
     assert checkpoint.stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_demo_settings_give_medium_images_better_than_the_lq(tmp_path, repo_root, run_cli,
+                                                            make_clone):
+    """The shipped `quality.demo` settings (not the CI-sized ones) on the demo photos: the
+    medium images beat the LQ on average, and on every type with 20 or more samples."""
+    clone = make_clone(repo_root, tmp_path / "clone", {}, quality_changes={})
+    run_cli("uir", "build", "demo", "--steps", "base,proxy,render", "--engine", "local",
+            cwd=clone, timeout=900)
+    gains: dict[str, list[float]] = {}
+    for stamp in (clone / "data" / "quality" / "demo" / "mq").glob("*.json"):
+        for sample in json.loads(stamp.read_text())["samples"].values():
+            gain = sample["psnr_mq"] - sample["psnr_lq"]
+            gains.setdefault("all", []).append(gain)
+            for label in sample["labels"]:
+                gains.setdefault(label, []).append(gain)
+    manifest = json.loads((clone / "data" / "shards" / "demo" / "manifest.json").read_text())
+    assert len(gains["all"]) == manifest["counts"]["samples"]
+    assert np.mean(gains["all"]) > 0.05, np.mean(gains["all"])
+    frequent = {t: float(np.mean(g)) for t, g in gains.items() if t != "all" and len(g) >= 20}
+    assert len(frequent) >= 3 and all(g > 0 for g in frequent.values()), frequent

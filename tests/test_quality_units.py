@@ -87,36 +87,53 @@ def test_folds_are_stable_balanced_and_salted():
 
 
 def _rule(**fields) -> CurationRule:
-    return CurationRule(**{"name": "weak", "tier": "lq", "quality": "excellent", "above": 0.8,
-                           **fields})
+    return CurationRule(
+        **{"name": "weak", "tier": "lq", "quality": "excellent", "above": 0.8, **fields}
+    )
 
 
 def test_curation_drops_flags_and_explains():
     probabilities = {"lq": [0.05, 0.05, 0.9], "mq": [0.3, 0.3, 0.4], "hq": [0.7, 0.2, 0.1]}
-    rules = [_rule(), _rule(name="bad", tier="hq", quality="terrible", above=0.6, action="flag"),
-             _rule(name="never", above=0.95)]
+    rules = [
+        _rule(),
+        _rule(name="bad", tier="hq", quality="terrible", above=0.6, action="flag"),
+        _rule(name="never", above=0.95),
+    ]
     decision = decide(rules, "train", probabilities)
     assert decision.dropped and decision.flags == ["bad"]
     record = dropped_record("s.tar", "k", "train", ["noisy"], decision)
     assert [r["rule"] for r in record["rules"]] == ["weak"]
-    assert record["rules"][0]["probability"] == 0.9 and "LQ perceived 'excellent'" in (
-        record["rules"][0]["reason"])
+    assert (
+        record["rules"][0]["probability"] == 0.9
+        and "LQ perceived 'excellent'" in (record["rules"][0]["reason"])
+    )
     assert not decide([_rule(splits=("val",))], "train", probabilities).findings
     assert not decide([_rule(above=0.9)], "train", probabilities).dropped  # strictly above
 
 
-def _sample(key: str, split: str, labels: tuple[str, ...], predicted: list[int],
-            psnr: tuple[float, float] = (20.0, 22.0), saw: bool = True) -> SampleQuality:
-    probabilities = {tier: [0.8 if i == p else 0.1 for i in range(3)]
-                     for tier, p in zip(("lq", "mq", "hq"), predicted, strict=True)}
-    return SampleQuality(key, split, labels, 0, *psnr, probabilities,
-                         {label: saw for label in labels})
+def _sample(
+    key: str,
+    split: str,
+    labels: tuple[str, ...],
+    predicted: list[int],
+    psnr: tuple[float, float] = (20.0, 22.0),
+    saw: bool = True,
+) -> SampleQuality:
+    probabilities = {
+        tier: [0.8 if i == p else 0.1 for i in range(3)]
+        for tier, p in zip(("lq", "mq", "hq"), predicted, strict=True)
+    }
+    return SampleQuality(
+        key, split, labels, 0, *psnr, probabilities, {label: saw for label in labels}
+    )
 
 
 def test_report_confusion_types_and_histograms():
-    samples = [_sample("a", "val", ("noisy",), [0, 1, 2]),
-               _sample("b", "val", ("noisy", "hazy"), [0, 0, 2], psnr=(10.0, 11.0)),
-               _sample("c", "val", ("hazy",), [1, 1, 1], saw=False)]
+    samples = [
+        _sample("a", "val", ("noisy",), [0, 1, 2]),
+        _sample("b", "val", ("noisy", "hazy"), [0, 0, 2], psnr=(10.0, 11.0)),
+        _sample("c", "val", ("hazy",), [1, 1, 1], saw=False),
+    ]
     matrix, accuracy = confusion(samples)
     assert matrix == [[2, 1, 0], [1, 2, 0], [0, 1, 2]] and accuracy == round(6 / 9, 4)
     table = per_type(samples)
@@ -187,8 +204,9 @@ def _tiny_perceiver() -> QualityPerceiver:
 
 def test_prompt_training_resumes_exactly_and_learns(tmp_path):
     data = _Triplets(16, 0)
-    settings = PerceiverTrainSettings(iterations=30, batch_size=4, lr=3e-2, crop=16,
-                                      checkpoint_every=10, seed=3, device="cpu")
+    settings = PerceiverTrainSettings(
+        iterations=30, batch_size=4, lr=3e-2, crop=16, checkpoint_every=10, seed=3, device="cpu"
+    )
     straight = _tiny_perceiver()
     full = train_perceiver(straight, data, settings, tmp_path / "a.pt")
     resumed = _tiny_perceiver()
@@ -200,8 +218,12 @@ def test_prompt_training_resumes_exactly_and_learns(tmp_path):
     again = train_perceiver(_tiny_perceiver(), data, settings, tmp_path / "b.pt")
     assert again.resumed_from == 30 and again.losses == full.losses
     changed = PerceiverTrainSettings(**{**settings.__dict__, "lr": 1e-2})
-    assert train_perceiver(_tiny_perceiver(), data, changed, tmp_path / "b.pt",
-                           stop_after=2).resumed_from == 0
+    assert (
+        train_perceiver(
+            _tiny_perceiver(), data, changed, tmp_path / "b.pt", stop_after=2
+        ).resumed_from
+        == 0
+    )
     probabilities = score_images(straight, [t for i in range(8) for t in data[i]], crop=16)
     assert probabilities.shape == (24, 3)
     np.testing.assert_allclose(probabilities.sum(1), 1.0, rtol=1e-5)
@@ -212,8 +234,12 @@ def test_prompt_training_resumes_exactly_and_learns(tmp_path):
 def test_unreadable_prompt_checkpoint_is_an_error(tmp_path):
     (tmp_path / "c.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(RuntimeError, match="unreadable"):
-        train_perceiver(_tiny_perceiver(), _Triplets(4, 0), PerceiverTrainSettings(
-            iterations=2, batch_size=2, crop=16, device="cpu"), tmp_path / "c.pt")
+        train_perceiver(
+            _tiny_perceiver(),
+            _Triplets(4, 0),
+            PerceiverTrainSettings(iterations=2, batch_size=2, crop=16, device="cpu"),
+            tmp_path / "c.pt",
+        )
 
 
 def test_tar_members_read_what_iter_samples_groups(tmp_path):
@@ -227,15 +253,32 @@ def test_tar_members_read_what_iter_samples_groups(tmp_path):
 
 
 def test_psnr_loss_is_the_mean_negative_psnr_per_sample():
+    from uir_models.losses import PSNR_LOSS_FLOOR
     from uir_models.quality.proxy import restoration_loss
 
     target = torch.zeros(2, 3, 4, 4)
     pred = torch.stack([torch.full((3, 4, 4), 0.1), torch.full((3, 4, 4), 0.01)])
-    psnrs = [-10 * np.log10(0.01), -10 * np.log10(0.0001)]  # 20 dB and 40 dB
+    mses = np.array([0.01, 0.0001])  # 20 dB and 40 dB
+    psnrs = -10 * np.log10(mses + PSNR_LOSS_FLOOR)
     assert float(restoration_loss(pred, target, "psnr")) == pytest.approx(-np.mean(psnrs), 1e-4)
     assert float(restoration_loss(pred, target, "l1")) == pytest.approx(0.055)
     with pytest.raises(ValueError, match="unknown pixel loss"):
         restoration_loss(pred, target, "l2")
+
+
+def test_psnr_loss_saturates_so_a_clean_crop_cannot_dominate_the_gradient():
+    """A flat, nearly clean crop (MSE 1e-8) once gave a gradient 1e4x the others; Adam's second
+    moment then froze the proxy at the identity for the rest of training."""
+    from uir_models.losses import restoration_loss
+
+    target = torch.zeros(2, 3, 8, 8)
+    pred = torch.stack([torch.full((3, 8, 8), 1e-4), torch.full((3, 8, 8), 0.1)])
+    pred.requires_grad_(True)
+    loss = restoration_loss(pred, target, "psnr")
+    loss.backward()
+    clean, degraded = pred.grad.abs().amax(dim=(1, 2, 3))
+    assert torch.isfinite(loss) and float(loss.detach()) > -60  # about -(40 + 20) / 2 dB
+    assert clean < degraded, (float(clean), float(degraded))
 
 
 def test_config_names_the_perceivers_classes():

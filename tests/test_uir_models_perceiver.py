@@ -7,9 +7,11 @@ from uir_models.quality.perceiver import (
     QUALITY_CLASSES,
     QualityPerceiver,
     WeightsUnavailableError,
+    clip_input_size,
     load_clip,
     train_step,
 )
+from uir_models.quality.prompt_training import crop_size
 
 TINY = {
     "embed_dim": 32,
@@ -82,6 +84,16 @@ def test_logits_shape_and_probabilities():
     assert logits.shape == (5, 3)
     probs = perceiver.probabilities(images)
     torch.testing.assert_close(probs.sum(-1), torch.ones(5))
+
+
+def test_resnet_tower_clip():
+    """open_clip's ResNet towers (RN50 ...) give ``image_size`` as an int, ViTs as a pair."""
+    resnet = {**TINY, "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8}}
+    torch.manual_seed(0)
+    bundle = load_clip("uir-tiny-clip-rn", pretrained=None, model_config=resnet)
+    perceiver = QualityPerceiver(bundle, n_ctx=N_CTX)
+    assert clip_input_size(perceiver.clip) == (32, 32) and crop_size(perceiver, None) == 32
+    assert perceiver(torch.rand(2, 3, 40, 48)).shape == (2, 3)
 
 
 def test_training_beats_chance_on_separable_triplets():

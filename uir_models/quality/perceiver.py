@@ -146,6 +146,12 @@ def load_clip(
     )
 
 
+def clip_input_size(clip: CLIP) -> tuple[int, int]:
+    """(height, width) of CLIP's image input: open_clip's ResNet towers (RN50...) store an int."""
+    size = clip.visual.image_size
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
 class QualityPerceiver(nn.Module):
     """Three CoOp prompts of ``n_ctx`` learned vectors over a frozen CLIP.
 
@@ -207,7 +213,7 @@ class QualityPerceiver(nn.Module):
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """Unit image features of [0, 1] RGB images, resized to CLIP's input when needed."""
-        size = tuple(self.clip.visual.image_size)
+        size = clip_input_size(self.clip)
         if tuple(images.shape[-2:]) != size:
             images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
         images = (images - self.mean) / self.std

@@ -23,7 +23,12 @@ import torch
 
 from uir_models.checkpoints import read_checkpoint, write_atomic
 from uir_models.devices import resolve_device
-from uir_models.quality.perceiver import QUALITY_CLASSES, QualityPerceiver, train_step
+from uir_models.quality.perceiver import (
+    QUALITY_CLASSES,
+    QualityPerceiver,
+    clip_input_size,
+    train_step,
+)
 
 _FORMAT = 1
 log = logging.getLogger(__name__)
@@ -68,7 +73,7 @@ class PerceiverTrainResult:
 
 
 def crop_size(perceiver: QualityPerceiver, crop: int | None) -> int:
-    return crop or int(perceiver.clip.visual.image_size[0])
+    return crop or clip_input_size(perceiver.clip)[0]
 
 
 def _at_least(images: Sequence[np.ndarray], size: int) -> list[np.ndarray]:

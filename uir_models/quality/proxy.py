@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 """Bumped when the checkpoint layout changes; other versions are refused, not guessed at."""
-TRAINER_VERSION = 1
+TRAINER_VERSION = 2
 """Part of the settings digest: bump when batch drawing or the update rule changes, so an old
 checkpoint is not resumed with different semantics."""
 _CHECKPOINT_KIND = "uir-proxy-restorer"
