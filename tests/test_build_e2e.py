@@ -115,7 +115,7 @@ def temporaries(folder: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def demo_build(tmp_path_factory, make_photo, write_params) -> dict[str, Any]:
-    """The 7 demo photographs plus one HQ image whose caption holds ": " and a tab, two
+    """The demo photographs plus one HQ image whose caption holds ": " and a tab, two
     single-label variants each (one type makes masks), 4 samples per shard."""
     root = tmp_path_factory.mktemp("demo-build")
     make_photo(root / "extra" / "sign.png", (128, 128), seed=5, caption=SIGN_CAPTION)
@@ -681,7 +681,8 @@ def test_shards_load_with_plain_webdataset(demo_build):
             assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
         assert sample["hq.png"].shape[:2] == (96, 96)
         masks += "mask.png" in sample
-    assert len(keys) == len(set(keys)) == manifest["counts"]["samples"] == 8 * 2
+    photos = len(demo_images()) + 1  # the demo ones and the sign
+    assert len(keys) == len(set(keys)) == manifest["counts"]["samples"] == photos * 2
     assert masks == manifest["counts"]["recipes"].get("uncompleted", 0) > 0
 
 
