@@ -288,3 +288,16 @@ def test_config_names_the_perceivers_classes():
     from uir_models.quality import QUALITY_CLASSES
 
     assert get_args(QualityClass) == QUALITY_CLASSES  # pydantic needs the literal spelt out
+
+
+def test_config_loss_names_are_pixel_losses():
+    """The params configs spell the loss names out (so reading params does not import torch);
+    they must stay names that uir_models.losses knows."""
+    from typing import get_args
+
+    from uir.quality.config import ProxyConfig
+    from uir.training.config import RestorerSection
+    from uir_models.losses import PIXEL_LOSSES
+
+    assert set(get_args(RestorerSection.model_fields["pixel_loss"].annotation)) == set(PIXEL_LOSSES)
+    assert set(get_args(ProxyConfig.model_fields["loss"].annotation)) <= set(PIXEL_LOSSES)

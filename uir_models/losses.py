@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
-PIXEL_LOSSES = ("l1", "mse", "psnr")
+PixelLoss = Literal["l1", "mse", "psnr"]
+PIXEL_LOSSES: tuple[str, ...] = get_args(PixelLoss)
 PSNR_LOSS_FLOOR = 1e-4
 """Added to each sample's MSE in the ``psnr`` loss, so the loss saturates near 40 dB: without
 it a nearly clean crop (a flat region, MSE ~1e-7) gives a gradient 1e4x the others and Adam's
 second moment then holds every later step near zero, so the model never leaves the identity."""
 
 
-def restoration_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+def restoration_loss(pred: torch.Tensor, target: torch.Tensor, kind: PixelLoss) -> torch.Tensor:
     """``psnr``: minus the mean per-sample PSNR (log MSE), the metric restorers are scored by;
     unlike L1/MSE it weighs an error on a nearly clean sample as much as on a badly degraded
     one, so a mixed-type batch does not teach over-processing of mild degradations."""

@@ -42,7 +42,9 @@ class ProxyConfig(Config):
     lr: float = Field(2e-4, gt=0)
     min_lr: float = Field(1e-6, ge=0)
     weight_decay: float = Field(1e-4, ge=0)
-    loss: Literal["l1", "psnr"] = "l1"  # psnr: per-sample log MSE (see uir_models.quality.proxy)
+    # psnr: per-sample log MSE; spelt out, not uir_models.losses.PixelLoss, so reading params
+    # does not import torch
+    loss: Literal["l1", "psnr"] = "l1"
     checkpoint_every: int = Field(500, ge=1)
     device: str = "auto"
 

@@ -70,7 +70,9 @@ class RestorerSection(Config):
 
     model: str
     method: Literal["direct", "sde"] = "direct"
-    pixel_loss: Literal["l1", "mse", "psnr"] = "l1"  # direct only (the SDE has its own loss)
+    # direct only (the SDE has its own loss); uir_models.losses.PixelLoss spelt out, so reading
+    # params does not import torch
+    pixel_loss: Literal["l1", "mse", "psnr"] = "l1"
     sde: dict[str, Any] = Field(default_factory=dict)  # uir_models.sde.SdeConfig fields
     eval_steps: int | None = Field(None, ge=1)  # SDE reverse steps in evaluation (None: T)
     clip_loss: ClipLossSection | None = None

@@ -29,7 +29,7 @@ from torch import nn
 
 from degradations.names import DACLIP_TYPES
 from uir_models.config_keys import check_keys
-from uir_models.quality.perceiver import ClipBundle, load_clip
+from uir_models.quality.perceiver import ClipBundle, clip_input_size, load_clip
 
 CONTROL_ORDERS = ("reference", "aligned")
 """reference: controller block L-1-i controls frozen block i (the release); aligned: block i."""
@@ -177,7 +177,7 @@ class DaCLIP(nn.Module):
 
     @property
     def image_size(self) -> tuple[int, int]:
-        return tuple(self.clip.visual.image_size)
+        return clip_input_size(self.clip)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """[0, 1] RGB (B, 3, H, W) -> CLIP input: shortest side resized (bicubic), centre crop,

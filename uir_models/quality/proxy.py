@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from torch import nn
 from uir_models.checkpoints import CheckpointError, read_checkpoint, write_atomic
 from uir_models.devices import resolve_device
 from uir_models.factory import create_model, get_model_config
-from uir_models.losses import restoration_loss
+from uir_models.losses import PixelLoss, restoration_loss
 from uir_models.tiling import restore_tiled
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class ProxyTrainSettings:
     # "l1" is the Perceive-IR reference. "psnr" (NAFNet's PSNR loss, mean of per-sample log MSE)
     # weighs every sample alike: with few images and degradations of very different strength,
     # L1 is dominated by the severe ones and the proxy over-processes mild ones.
-    loss: Literal["l1", "psnr"] = "l1"
+    loss: PixelLoss = "l1"
 
     def __post_init__(self) -> None:
         # Settings often come from YAML: normalise types so equal settings digest equally.

@@ -9,12 +9,12 @@ IR-SDE), each with the optional Perceive-IR ``L_clip``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
-from uir_models.losses import restoration_loss
+from uir_models.losses import PixelLoss, restoration_loss
 from uir_models.metrics import psnr_torch
 
 Batch = Mapping[str, Any]
@@ -43,7 +43,6 @@ class EvaluatedTask(TrainTask, Protocol):
         ...
 
 
-PixelLoss = Literal["l1", "mse", "psnr"]
 QualityLoss = Callable[[torch.Tensor], torch.Tensor]
 """Images in [0, 1] -> a scalar to minimise (Perceive-IR's ``L_clip``: 1 - P(excellent))."""
 
