@@ -328,9 +328,13 @@ def test_precomputed_embeddings_are_attached_by_key(dataset, tmp_path):
         table.save(path)
         loaded = EmbeddingTable.load(path)
         assert loaded.keys == table.keys and torch.equal(loaded.degra, table.degra)
+        assert loaded.sha256 == table.sha256
+    retrained = EmbeddingTable(table.keys, table.degra.clone(), table.content + 1e-3)
+    assert retrained.sha256 != table.sha256  # a resumed restorer run must notice
     loader = train_loader(
         dataset, "train", TYPES, _config(batches_per_epoch=3), embeddings=tmp_path / "emb.npz"
     )
+    assert loader.seeding["embeddings_sha256"] == table.sha256
     for batch in loader:
         assert batch["degra_emb"].shape == batch["content_emb"].shape == (4, 6)
         for i, key in enumerate(batch["key"]):

@@ -9,6 +9,7 @@ import csv
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -177,6 +178,60 @@ def test_checkpoint_of_another_run_restarts_with_a_warning(dataset, tmp_path, ca
     assert "starting over" in caplog.text
     assert result.resumed_from == 0 and result.step == 3
     assert len(_rows(tmp_path / "log.csv")) == 3
+
+
+def _copy_with_new_shard_hash(dataset: Path, to: Path) -> Path:
+    """The dataset as if one train shard had been rebuilt with other content (same name)."""
+    shutil.copytree(dataset, to)
+    manifest = json.loads((to / "manifest.json").read_text())
+    shard = next(entry for entry in manifest["shards"] if entry["split"] == "train")
+    shard["sha256"] = "0" * 64
+    (to / "manifest.json").write_text(json.dumps(manifest))
+    return to
+
+
+@pytest.mark.parametrize(
+    "change", ["pixel loss", "psnr floor", "L_clip prompts", "model config", "data"]
+)
+def test_a_run_starts_over_when_its_loss_model_config_or_data_change(
+    dataset, tmp_path, monkeypatch, change
+):
+    """Each of these leaves the shapes alone, so only the digest can tell the runs apart: a
+    resumed (here: finished) checkpoint would otherwise stand in for the changed run."""
+    config = TrainConfig(iterations=2, device="cpu")
+    out = tmp_path / "run"
+    data = _copy_with_new_shard_hash(dataset, tmp_path / "data")
+
+    def run(
+        pixel_loss: str = "psnr",
+        zero_init: bool = True,
+        folder: Path = dataset,
+        prompts: str = "prompts-a",
+    ):
+        model = create_model("nafnet-tiny", {"zero_init_output": zero_init})
+        task = RestorerTask(
+            model,
+            pixel_loss=pixel_loss,
+            quality_loss=lambda images: images.mean(),
+            quality_weight=0.1,
+            quality_source=prompts,
+        )
+        return train(task, _loader(folder), config, out)
+
+    assert run().resumed_from == 0
+    assert run().resumed_from == 2  # unchanged: the finished run is reused
+    if change == "pixel loss":
+        again = run(pixel_loss="l1")
+    elif change == "psnr floor":
+        monkeypatch.setattr("uir_models.losses.PSNR_LOSS_FLOOR", 1e-5)
+        again = run()
+    elif change == "L_clip prompts":
+        again = run(prompts="prompts-b")
+    elif change == "model config":
+        again = run(zero_init=False)
+    else:
+        again = run(folder=data)
+    assert again.resumed_from == 0 and again.step == 2
 
 
 def test_ema_follows_the_decay_formula():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,12 @@ PSNR_LOSS_FLOOR = 1e-4
 """Added to each sample's MSE in the ``psnr`` loss, so the loss saturates near 40 dB: without
 it a nearly clean crop (a flat region, MSE ~1e-7) gives a gradient 1e4x the others and Adam's
 second moment then holds every later step near zero, so the model never leaves the identity."""
+
+
+def loss_identity(kind: PixelLoss) -> dict[str, Any]:
+    """What a checkpoint trained under this loss must match to be resumed (the floor is part of
+    the PSNR loss: a run started with another floor optimised something else)."""
+    return {"pixel_loss": kind, **({"psnr_floor": PSNR_LOSS_FLOOR} if kind == "psnr" else {})}
 
 
 def restoration_loss(pred: torch.Tensor, target: torch.Tensor, kind: PixelLoss) -> torch.Tensor:

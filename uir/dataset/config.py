@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -21,6 +21,7 @@ PARAMS_FILE = Path("params.yaml")
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 SplitName = Literal["train", "val", "test"]
 SPLITS: tuple[SplitName, ...] = ("train", "val", "test")
+ConfigModel = TypeVar("ConfigModel", bound=Config)
 
 
 class ConfigError(ValueError):
@@ -285,10 +286,15 @@ def load_dataset_config(
 
 
 def parse_dataset_config(entry: dict[str, Any], where: str = "dataset") -> DatasetConfig:
+    return validate_entry(DatasetConfig, entry, where)
+
+
+def validate_entry(model: type[ConfigModel], entry: dict[str, Any], where: str) -> ConfigModel:
+    """Validate one params.yaml entry; its first problem becomes a one-line ConfigError that
+    names the key (pydantic's report is many lines of internals)."""
     try:
-        return DatasetConfig.model_validate(entry)
+        return model.model_validate(entry)
     except ValidationError as err:
         first = err.errors()[0]
         key = ".".join(str(part) for part in first["loc"])
         raise ConfigError(f"{where}.{key}: {first['msg']}") from None
-

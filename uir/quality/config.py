@@ -12,10 +12,16 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from degradations.config import Config, merge
-from uir.dataset.config import PARAMS_FILE, ConfigError, SplitName, load_params
+from uir.dataset.config import (
+    PARAMS_FILE,
+    ConfigError,
+    SplitName,
+    load_params,
+    validate_entry,
+)
 
 STEPS = ("proxy", "render", "perceiver", "label")
 """Quality steps in order; ``base`` (the shard build) comes before them."""
@@ -150,9 +156,4 @@ def load_quality_config(
     entry = merge(dict(entries[name] or {}), overrides or {})
     entry.setdefault("dataset", name)
     entry.setdefault("root", str(path.resolve().parent))
-    try:
-        return QualityConfig.model_validate(entry)
-    except ValidationError as err:
-        first = err.errors()[0]
-        key = ".".join(str(part) for part in first["loc"])
-        raise ConfigError(f"{path}: quality.{name}.{key}: {first['msg']}") from None
+    return validate_entry(QualityConfig, entry, f"{path}: quality.{name}")

@@ -13,10 +13,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from degradations.config import Config, merge
-from uir.dataset.config import PARAMS_FILE, ConfigError, SplitName, load_params
+from uir.dataset.config import (
+    PARAMS_FILE,
+    ConfigError,
+    SplitName,
+    load_params,
+    validate_entry,
+)
 
 STEPS = ("controller", "restorer", "evaluate")
 """Training steps in order; each is one DVC stage (``train_controller``, ``train_restorer``,
@@ -167,9 +173,4 @@ def load_training_config(
         profiles[name] = merge(dict(profiles[name] or {}), overrides)
     entry["profiles"] = profiles
     entry.setdefault("root", str(path.resolve().parent))
-    try:
-        return TrainingConfig.model_validate(entry)
-    except ValidationError as err:
-        first = err.errors()[0]
-        key = ".".join(str(part) for part in first["loc"])
-        raise ConfigError(f"{path}: training.{key}: {first['msg']}") from None
+    return validate_entry(TrainingConfig, entry, f"{path}: training")

@@ -178,12 +178,15 @@ def dataset_types(job: TrainingJob, split: str) -> tuple[str, ...]:
     return tuple(sorted(split_shards(job.shards_dir, split).label_counts))
 
 
-def _clip_loss(job: TrainingJob, section: RestorerSection, device: torch.device) -> Any:
-    """Perceive-IR's L_clip from the prompts a quality job learned (frozen)."""
+def _clip_loss(
+    job: TrainingJob, section: RestorerSection, device: torch.device
+) -> tuple[Any, str | None]:
+    """Perceive-IR's L_clip from the prompts a quality job learned (frozen), and the digest
+    of those prompts (relearned prompts are another objective)."""
     if section.clip_loss is None:
-        return None
-    from uir.quality.job import QualityError, load_job
-    from uir.quality.perceive import trained_perceiver
+        return None, None
+    from uir.quality.job import QualityError, load_job, read_stamp
+    from uir.quality.perceive import STAMP, trained_perceiver
 
     quality = load_job(section.clip_loss.quality, job.params)
     if quality is None:
@@ -195,7 +198,8 @@ def _clip_loss(job: TrainingJob, section: RestorerSection, device: torch.device)
     except QualityError as err:
         raise TrainingError(f"clip_loss: {err}") from None
     perceiver.requires_grad_(False)
-    return perceiver.clip_quality_loss
+    stamp = read_stamp(quality.perceiver_dir / STAMP) or {}
+    return perceiver.clip_quality_loss, stamp.get("digest")
 
 
 def build_restorer(job: TrainingJob, name: str) -> tuple[nn.Module, RestorerSection]:
@@ -225,11 +229,13 @@ def restorer_task(
         )
     cls = ConditionedRestorerTask if is_conditioned(model) else RestorerTask
     weight = section.clip_loss.weight if section.clip_loss else 0.0
+    quality_loss, prompts = _clip_loss(job, section, device)
     return cls(
         model,
         pixel_loss=section.pixel_loss,
-        quality_loss=_clip_loss(job, section, device),
+        quality_loss=quality_loss,
         quality_weight=weight,
+        quality_source=prompts,
     )
 
 

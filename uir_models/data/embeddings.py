@@ -7,6 +7,8 @@ so its two embeddings are a function of the sample alone: compute them once, sav
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +94,15 @@ class EmbeddingTable:
             torch.save(self.state(), path)
         else:
             raise ValueError(f"{path}: embeddings must be a .pt or .npz file")
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        """Of keys and values: a resumed restorer run must see the embeddings it started with
+        (they change when the controller is retrained)."""
+        digest = hashlib.sha256("\n".join(self.keys).encode())
+        for table in (self.degra, self.content):
+            digest.update(table.contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
     def lookup(self, key: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(degradation, content) embeddings of one sample (copies: batches must not alias)."""

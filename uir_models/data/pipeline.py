@@ -247,12 +247,15 @@ class TrainLoader:
     def seeding(self) -> dict[str, Any]:
         """What decides the batches, for logs and checkpoints."""
         stream = self.stream
+        embeddings = stream.decoder.embeddings
         return {
             **asdict(stream.config),
             "next_epoch": self.epoch,
             "rank": stream.rank,
             "world_size": stream.world_size,
             "shards": [Path(url).name for url in stream.shards.urls],
+            "shard_sha256": list(stream.shards.sha256),
+            "embeddings_sha256": embeddings.sha256 if embeddings is not None else None,
             "balanced_types": list(stream.balanced_types),
             "shard_order": "seed, epoch (shared by all ranks and workers)",
             "per_worker": "seed, epoch, rank, worker: shuffle/balance buffers, crops, flips",

@@ -29,6 +29,8 @@ class SplitShards:
     split: str
     urls: tuple[str, ...]
     sizes: tuple[int, ...]
+    sha256: tuple[str, ...]
+    """The manifest's hashes: what a training run's resume digest knows the data by."""
     label_counts: dict[str, int]
 
     @property
@@ -91,5 +93,6 @@ def split_shards(folder: str | Path, split: str, *, full_verify: bool = False) -
         split=split,
         urls=tuple(str(folder / entry["name"]) for entry in entries if entry["samples"]),
         sizes=tuple(entry["samples"] for entry in entries if entry["samples"]),
+        sha256=tuple(entry["sha256"] for entry in entries if entry["samples"]),
         label_counts=dict(manifest["counts"]["labels"].get(split, {})),
     )

@@ -162,13 +162,19 @@ class TrainResult:
     steps_per_second: float
 
 
-def run_digest(config: TrainConfig, model: nn.Module, loader: EpochLoader, world_size: int) -> str:
+def run_digest(config: TrainConfig, task: TrainTask, loader: EpochLoader, world_size: int) -> str:
     """sha256 of what decides the run's results; a checkpoint is resumed only if it matches."""
     seeding = getattr(loader, "seeding", {"batches_per_epoch": len(loader)})
+    model = task.model
+    model_config = getattr(model, "config", None)
     payload = {
         "loop_version": LOOP_VERSION,
         "config": config.canonical(),
+        "task": {"kind": type(task).__qualname__, **task.objective()},
         "model": type(model).__qualname__,
+        "model_config": dataclasses.asdict(model_config)
+        if dataclasses.is_dataclass(model_config) and not isinstance(model_config, type)
+        else None,
         "shapes": {name: list(t.shape) for name, t in model.state_dict().items()},
         "data": {k: v for k, v in seeding.items() if k not in ("next_epoch", "rank")},
         "world_size": world_size,
@@ -319,7 +325,7 @@ def train(
         params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, config))
-    digest = run_digest(config, model, train_loader, ctx.world_size)
+    digest = run_digest(config, task, train_loader, ctx.world_size)
 
     step = epoch = consumed = 0
     last_row: dict[str, float] = {}

@@ -9,12 +9,13 @@ IR-SDE), each with the optional Perceive-IR ``L_clip``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
-from uir_models.losses import PixelLoss, restoration_loss
+from uir_models.losses import PixelLoss, loss_identity, restoration_loss
 from uir_models.metrics import psnr_torch
 
 Batch = Mapping[str, Any]
@@ -33,6 +34,11 @@ class TrainTask(Protocol):
 
     def loss(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         """Scalar losses of one training batch; ``"loss"`` is the one minimised."""
+        ...
+
+    def objective(self) -> dict[str, Any]:
+        """JSON settings of what ``loss`` minimises beyond the model's own config: part of the
+        run's resume digest, so a changed objective starts over instead of resuming."""
         ...
 
 
@@ -84,11 +90,24 @@ class RestorerTask:
         pixel_loss: PixelLoss = "l1",
         quality_loss: QualityLoss | None = None,
         quality_weight: float = 0.0,
+        quality_source: str | None = None,
     ) -> None:
+        """``quality_source`` names what ``quality_loss`` is (e.g. the learned prompts'
+        digest), so relearned prompts start the run over instead of resuming it."""
         self.model = model
         self.pixel_loss = pixel_loss
         self.quality_loss = quality_loss
         self.quality_weight = quality_weight
+        self.quality_source = quality_source
+
+    def objective(self) -> dict[str, Any]:
+        if self.quality_loss is None:
+            return loss_identity(self.pixel_loss)
+        return {
+            **loss_identity(self.pixel_loss),
+            "quality_weight": self.quality_weight,
+            "quality_source": self.quality_source,
+        }
 
     def restore(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return model(batch["lq"])
@@ -122,6 +141,9 @@ class SdeRestorerTask:
         self.sde = sde
         self.eval_steps = eval_steps
 
+    def objective(self) -> dict[str, Any]:
+        return {"sde": asdict(self.sde.config)}
+
     @staticmethod
     def _denoiser(model: nn.Module, batch: Batch) -> Callable[..., torch.Tensor]:
         degra, content = batch["degra_emb"], batch["content_emb"]
@@ -149,6 +171,9 @@ class ControllerTask:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
+
+    def objective(self) -> dict[str, Any]:
+        return {}  # the losses are the controller's own, set by its config
 
     def loss(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         # The forward goes through ``model`` (the DDP wrapper syncs its gradients); the loss
