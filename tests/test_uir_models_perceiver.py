@@ -167,3 +167,15 @@ def test_offline_tag_raises_clear_error(monkeypatch, tmp_path):
 def test_unknown_tag_is_rejected():
     with pytest.raises(ValueError, match="neither a checkpoint file nor an open_clip tag"):
         load_clip("uir-tiny-clip", pretrained="no-such-tag", model_config=TINY)
+
+
+def test_custom_configs_register_without_leaving_temp_files(tmp_path, monkeypatch):
+    """Each run registers its tiny CLIP again: the config file must not outlive the call, and
+    a re-registered name must build the new config."""
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    wide = {**TINY, "vision_cfg": {**TINY["vision_cfg"], "width": 64}}
+    narrow = load_clip("uir-reregistered-clip", pretrained=None, model_config=TINY)
+    wider = load_clip("uir-reregistered-clip", pretrained=None, model_config=wide)
+    assert list(tmp_path.iterdir()) == []
+    assert narrow.model.visual.conv1.out_channels == 32
+    assert wider.model.visual.conv1.out_channels == 64

@@ -77,9 +77,11 @@ def _register_config(model_name: str, model_config: dict) -> None:
     missing = {"embed_dim", "vision_cfg", "text_cfg"} - set(model_config)
     if missing:
         raise ValueError(f"model_config for {model_name!r} lacks {sorted(missing)}")
-    path = Path(tempfile.mkdtemp(prefix="uir_clip_cfg_")) / f"{model_name}.json"
-    path.write_text(json.dumps(model_config))
-    open_clip.add_model_config(path)
+    # open_clip reads the file when it is added and keeps the config after the file is gone
+    with tempfile.TemporaryDirectory(prefix="uir_clip_cfg_") as folder:
+        path = Path(folder) / f"{model_name}.json"
+        path.write_text(json.dumps(model_config))
+        open_clip.add_model_config(path)
 
 
 def _unavailable(model_name: str, tag: str, why: str) -> WeightsUnavailableError:
