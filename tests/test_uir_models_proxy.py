@@ -289,3 +289,11 @@ def test_render_medium_keeps_shape_and_identity_is_exact():
         render_medium(identity, lq.astype(np.float32))
     with pytest.raises(ValueError, match="uint8 HxWx3"):
         render_medium(identity, lq[..., 0])
+
+
+def test_settings_digest_follows_the_psnr_floor(monkeypatch):
+    """A proxy checkpoint trained under another PSNR floor optimised another loss."""
+    before = _settings(loss="psnr").digest()
+    monkeypatch.setattr("uir_models.losses.PSNR_LOSS_FLOOR", 1e-5)
+    assert _settings(loss="psnr").digest() != before
+    assert _settings(loss="psnr").digest() == _settings(loss="psnr").digest()

@@ -30,7 +30,7 @@ from torch import nn
 from uir_models.checkpoints import CheckpointError, read_checkpoint, write_atomic
 from uir_models.devices import resolve_device
 from uir_models.factory import create_model, get_model_config
-from uir_models.losses import PixelLoss, restoration_loss
+from uir_models.losses import PixelLoss, loss_identity, restoration_loss
 from uir_models.tiling import restore_tiled
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,7 @@ class ProxyTrainSettings:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values = {k: v for k, v in values.items() if k not in _NOT_IN_DIGEST}
         values["model"] = _model_config(self.model)
+        values["loss"] = loss_identity(self.loss)  # the PSNR floor too, as for the restorers
         values["betas"] = list(self.betas)
         values["trainer_version"] = TRAINER_VERSION
         return values
