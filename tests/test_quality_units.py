@@ -17,9 +17,10 @@ from uir.dataset.verify import iter_samples
 from uir.quality.config import CurationRule, load_quality_config
 from uir.quality.curation import decide, dropped_record
 from uir.quality.job import QualityError, split_overrides
-from uir.quality.report import SampleQuality, confusion, histogram_rows, per_type
+from uir.quality.report import SampleQuality, confusion, histogram_rows, per_type, summarise
 from uir.quality.run import resolve_steps
 from uir.quality.samples import TarMembers, fold_of
+from uir_models.metrics import against_chance
 from uir_models.quality.perceiver import QualityPerceiver, load_clip
 from uir_models.quality.prompt_training import (
     PerceiverTrainSettings,
@@ -139,6 +140,14 @@ def test_report_confusion_types_and_histograms():
     table = per_type(samples)
     assert table["noisy"]["samples"] == 2 and table["noisy"]["psnr_gain"] == 1.5
     assert table["hazy"]["psnr_samples"] == 1 and table["hazy"]["psnr_lq"] == 10.0
+    assert table["noisy"]["psnr_improved"] == 2
+    worse = _sample("d", "val", ("noisy",), [0, 1, 2], psnr=(30.0, 29.0))
+    assert per_type([*samples, worse])["noisy"]["psnr_improved"] == 2
+    val = summarise([*samples, worse], dropped=0, flagged=0)["val"]
+    assert val["accuracy"] == round(9 / 12, 4)
+    assert {k: val[k] for k in ("ci95_low", "ci95_high", "p_above_chance")} == against_chance(
+        9, 12, 1 / 3
+    )
     rows = histogram_rows(samples, "noisy")
     assert [sum(row[i] for row in rows) for i in (1, 2, 3)] == [2, 2, 2]
 

@@ -19,6 +19,7 @@ from uir_models.evaluation import (
     write_confusion_csv,
     write_table_csv,
 )
+from uir_models.metrics import against_chance
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -240,11 +241,15 @@ def test_top1_per_class_confusion_and_unknown_labels():
     assert s["top1"] == 0.8
     assert s["chance"] == 0.3333
     assert s["classes"] == list(CLASSES)
+    # each accuracy carries its interval and p-value against chance (1/3 here)
     assert s["per_class"] == {
-        "rain": {"support": 2, "top1": 1.0},
-        "haze": {"support": 3, "top1": 0.6667},
-        "noise": {"support": 1, "top1": 1.0},
+        "rain": {"support": 2, "top1": 1.0, **against_chance(2, 2, 1 / 3)},
+        "haze": {"support": 3, "top1": 0.6667, **against_chance(2, 3, 1 / 3)},
+        "noise": {"support": 1, "top1": 1.0, **against_chance(1, 1, 1 / 3)},
     }
+    assert {k: s[k] for k in ("ci95_low", "ci95_high", "p_above_chance")} == against_chance(
+        4, 5, 1 / 3
+    )
     assert s["confusion"] == [
         [1, 1, 0],  # rain: k1 -> rain, k3 -> haze
         [1, 2, 0],  # haze: k2 -> rain, k3 -> haze, k6 -> haze
@@ -288,7 +293,9 @@ def test_classification_rejects_bad_input_and_empty_summary():
         ClassificationScores(("rain", "rain"))
     s = scores.summary()
     assert s["top1"] is None and s["count"] == 0
-    assert s["per_class"]["rain"] == {"support": 0, "top1": None}
+    assert s["per_class"]["rain"] == {
+        "support": 0, "top1": None, "ci95_low": None, "ci95_high": None, "p_above_chance": None
+    }
     assert s["confusion"] == [[0] * 3] * 3
 
 
@@ -341,7 +348,8 @@ def test_table_csv_columns_in_first_seen_order_and_empty_cells(tmp_path):
 def test_keyed_rows_and_markdown_table():
     summary = _hand_built().summary()
     rows = keyed_rows(summary["per_class"], "class")
-    assert rows[1] == {"class": "haze", "support": 3, "top1": 0.6667}
+    assert rows[1] == {"class": "haze", **summary["per_class"]["haze"]}
+    assert list(rows[1])[:3] == ["class", "support", "top1"]
     rows[2]["top1"] = None
     rows[0]["class"] = "rain|snow"
     assert markdown_table(rows, ["class", "support", "top1"]) == (
@@ -351,3 +359,5 @@ def test_keyed_rows_and_markdown_table():
         "| haze | 3 | 0.6667 |\n"
         "| noise | 1 | n/a |\n"
     )
+    rows[1]["p_above_chance"] = 3.2e-12
+    assert markdown_table(rows[1:2], ["class", "p_above_chance"]).endswith("| haze | 3.2e-12 |\n")

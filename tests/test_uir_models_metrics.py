@@ -13,6 +13,7 @@ import torch
 from uir_models.metrics import (
     MetricUnavailableError,
     _gaussian_1d,
+    against_chance,
     load_lpips,
     psnr,
     psnr_torch,
@@ -142,3 +143,43 @@ def test_lpips_wrapper_and_offline_backbone(monkeypatch):
     assert out.shape == (2,)
     with pytest.raises(MetricUnavailableError, match=r"LPIPS skipped.*'vgg' weights"):
         load_lpips("vgg")
+
+
+# --- accuracy against chance ------------------------------------------------------------------
+
+
+def _binomial_tail(correct: int, total: int, chance: float) -> float:
+    return math.fsum(
+        math.comb(total, k) * chance**k * (1 - chance) ** (total - k)
+        for k in range(correct, total + 1)
+    )
+
+
+def _wilson(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:
+    share = correct / total
+    centre = (share + z * z / (2 * total)) / (1 + z * z / total)
+    half = z / (1 + z * z / total) * math.sqrt(share * (1 - share) / total + z * z / (4 * total**2))
+    return centre - half, centre + half
+
+
+@pytest.mark.parametrize(("correct", "total", "chance"), [(5, 38, 0.1), (16, 48, 1 / 3),
+                                                          (21, 48, 1 / 3), (44, 44, 0.1)])
+def test_accuracy_against_chance_matches_the_binomial_tail_and_wilson(correct, total, chance):
+    found = against_chance(correct, total, chance)
+    low, high = _wilson(correct, total)
+    assert found["ci95_low"] == pytest.approx(low, abs=1e-4)
+    assert found["ci95_high"] == pytest.approx(high, abs=1e-4)
+    assert found["p_above_chance"] == pytest.approx(_binomial_tail(correct, total, chance),
+                                                    rel=1e-2, abs=1e-300)
+
+
+def test_accuracy_against_chance_tells_noise_from_evidence():
+    # the demo controller's rainy class (5 of 38 against 0.1) is not evidence; 0.46 of 400 is
+    assert against_chance(5, 38, 0.1)["p_above_chance"] > 0.3
+    assert against_chance(185, 400, 0.1)["p_above_chance"] < 1e-40
+    assert against_chance(0, 0, 0.1) == dict.fromkeys(
+        ("ci95_low", "ci95_high", "p_above_chance")
+    )
+    for bad in ((3, 2, 0.5), (-1, 2, 0.5), (1, 2, 0.0), (1, 2, 1.0)):
+        with pytest.raises(ValueError):
+            against_chance(*bad)

@@ -247,8 +247,9 @@ def cmd_build(args: argparse.Namespace) -> None:
             f"labelled {config.name} in {job.output_dir}: {labelled['counts']['samples']} "
             f"samples in {len(labelled['shards'])} shards; dropped {quality['dropped']}, "
             f"flagged {quality['flagged']}; perceiver val accuracy {quality['val']['accuracy']} "
-            f"(chance {quality['val']['chance']}); mean PSNR LQ {quality['psnr_lq']} -> MQ "
-            f"{quality['psnr_mq']} dB"
+            f"(chance {quality['val']['chance']}, p {quality['val']['p_above_chance']}); mean "
+            f"PSNR LQ {quality['psnr_lq']} -> MQ {quality['psnr_mq']} dB, better on "
+            f"{quality['types_where_mq_beats_lq']} of {quality['types_with_psnr']} types"
         )
     elif set(steps) - {"base"}:
         print(f"{config.name}: steps {', '.join(steps)} done")

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from uir.dataset.atomic import write_text_atomic
-from uir_models.metrics import psnr_torch, ssim_torch
+from uir_models.metrics import against_chance, psnr_torch, ssim_torch
 
 DECIMALS = 4
 IDENTITY = "_identity"
@@ -278,23 +278,26 @@ class ClassificationScores:
         ]
 
     def summary(self) -> dict[str, Any]:
-        """Overall and per-class top-1, chance (1/K), the confusion matrix, unknown count."""
+        """Overall and per-class top-1 with their Wilson 95% intervals and p-values against
+        chance (1/K), the confusion matrix, the unknown count."""
+        chance = 1 / len(self.classes)
 
-        def top1(samples: list[State]) -> float | None:
-            if not samples:
-                return None
+        def top1(samples: list[State]) -> dict[str, Any]:
             correct = sum(s["predicted"] in s["labels"] for s in samples)
-            return round(correct / len(samples), DECIMALS)
+            return {
+                "top1": round(correct / len(samples), DECIMALS) if samples else None,
+                **against_chance(correct, len(samples), chance),
+            }
 
         per_class = {}
         for i, name in enumerate(self.classes):
             group = [s for s in self._samples if i in s["labels"]]
-            per_class[name] = {"support": len(group), "top1": top1(group)}
+            per_class[name] = {"support": len(group), **top1(group)}
         return {
             "count": len(self._samples),
             "unknown": len(self._unknown),
-            "top1": top1(self._samples),
-            "chance": round(1 / len(self.classes), DECIMALS),
+            **top1(self._samples),
+            "chance": round(chance, DECIMALS),
             "classes": list(self.classes),
             "per_class": per_class,
             "confusion": self.confusion(),
@@ -344,7 +347,9 @@ def _cell(value: Any) -> str:
     if value is None:
         return "n/a"
     if isinstance(value, float):
-        return f"{value:.{DECIMALS}f}"
+        # p-values far below the 4th decimal keep their magnitude
+        tiny = 0 < abs(value) < 10**-DECIMALS
+        return f"{value:.1e}" if tiny else f"{value:.{DECIMALS}f}"
     return str(value).replace("|", "\\|")
 
 

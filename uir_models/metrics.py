@@ -8,6 +8,8 @@
 * NumPy versions take HxWxC (or HxW) images in RGB order, uint8 or float on 0-255; batched torch
   versions take NCHW float tensors on [0, 1] and return one value per image. The torch versions
   do not quantise: round ``pred`` to 1/255 steps first to match saved-PNG evaluations exactly.
+* :func:`against_chance` says whether an accuracy over a few dozen samples is evidence of
+  anything: its Wilson 95% interval and the one-sided binomial p-value against chance.
 * LPIPS needs the optional ``lpips`` package and its backbone weights; :func:`load_lpips`
   raises :class:`MetricUnavailableError`, whose message an evaluator can print as a skip.
 """
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.ndimage import correlate1d
+from scipy.stats import binomtest
 from torch import nn
 
 # BT.601 luma from RGB in [0, 1] to Y in [16, 235] (0-255 scale): BasicSR's rgb2ycbcr.
@@ -33,6 +36,28 @@ _C2 = (0.03 * 255) ** 2
 
 class MetricUnavailableError(RuntimeError):
     """A metric's package or weights are missing; the message says what to install or fetch."""
+
+
+def against_chance(correct: int, total: int, chance: float) -> dict[str, float | None]:
+    """Wilson 95% interval of ``correct / total`` and the one-sided binomial p-value of doing
+    at least this well by guessing at ``chance``.
+
+    Demo evaluations have tens of samples per class: 5 right of 38 (0.13) is not evidence of
+    beating 0.1 chance (p 0.33), so every reported accuracy carries both.
+    """
+    if not 0 <= correct <= total:
+        raise ValueError(f"need 0 <= correct <= total, got {correct} of {total}")
+    if not 0 < chance < 1:
+        raise ValueError(f"chance must be in (0, 1), got {chance}")
+    if total == 0:
+        return {"ci95_low": None, "ci95_high": None, "p_above_chance": None}
+    test = binomtest(correct, total, chance, alternative="greater")
+    interval = binomtest(correct, total).proportion_ci(0.95, method="wilson")
+    return {
+        "ci95_low": round(float(interval.low), 4),
+        "ci95_high": round(float(interval.high), 4),
+        "p_above_chance": float(f"{test.pvalue:.3g}"),  # tiny p-values keep their digits
+    }
 
 
 def _gaussian_1d(size: int = _SSIM_SIZE, sigma: float = _SSIM_SIGMA) -> np.ndarray:

@@ -250,6 +250,8 @@ def write_reports(
     folder = job.report_dir
     metrics = {
         "val_accuracy": quality["val"]["accuracy"],
+        "val_accuracy_ci95": [quality["val"]["ci95_low"], quality["val"]["ci95_high"]],
+        "val_p_above_chance": quality["val"]["p_above_chance"],
         "val_samples": quality["val"]["samples"],
         "dropped": quality["dropped"],
         "flagged": quality["flagged"],
@@ -260,6 +262,8 @@ def write_reports(
                 "psnr_lq": t["psnr_lq"],
                 "psnr_mq": t["psnr_mq"],
                 "psnr_gain": t["psnr_gain"],
+                "psnr_samples": t["psnr_samples"],
+                "psnr_improved": t["psnr_improved"],
                 "val_accuracy": quality["val"]["per_type_accuracy"].get(name),
             }
             for name, t in quality["per_type"].items()
@@ -290,6 +294,7 @@ def quality_card(manifest: dict[str, Any]) -> str:
         probs = t["mean_probabilities"]
         rows.append(
             f"| {name} | {t['samples']} | {t['psnr_lq']} | {t['psnr_mq']} | "
+            f"{t['psnr_improved']}/{t['psnr_samples']} | "
             + " | ".join(f"{probs[tier][2]:.2f}" for tier in TIERS)
             + f" | {val['per_type_accuracy'].get(name)} |"
         )
@@ -316,15 +321,18 @@ MQ and HQ. Curation dropped {quality["dropped"]} samples (listed with reasons in
 {rules}
 
 Perceiver three-way accuracy on val: **{val["accuracy"]}** over {val["samples"]} samples x 3
-tiers (chance {val["chance"]}). Confusion on val (rows: true tier, columns: predicted):
+tiers (95% interval {val["ci95_low"]}-{val["ci95_high"]}; chance {val["chance"]}, one-sided
+binomial p {val["p_above_chance"]}: above 0.05, it is not shown to beat guessing). Confusion on
+val (rows: true tier, columns: predicted):
 
 | | terrible | mediocre | excellent |
 |---|---|---|---|
 {matrix}
 
-| type | samples | PSNR LQ | PSNR MQ | P(exc) LQ | P(exc) MQ | P(exc) HQ | val accuracy |
-|---|---|---|---|---|---|---|---|
+| type | samples | PSNR LQ | PSNR MQ | MQ > LQ | P(exc) LQ | P(exc) MQ | P(exc) HQ | val accuracy |
+|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-PSNR is over samples whose rendering proxy was trained on the type.
+PSNR is over samples whose rendering proxy was trained on the type; MQ > LQ counts those
+samples whose medium image is closer to the HQ than the LQ is.
 """

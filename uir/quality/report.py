@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from uir.quality.config import TIERS
+from uir_models.metrics import against_chance
 from uir_models.quality import QUALITY_CLASSES
 
 HISTOGRAM_BINS = 10
@@ -46,6 +47,8 @@ def per_type(samples: Sequence[SampleQuality]) -> dict[str, dict[str, Any]]:
             "samples": len(group),
             # the proxy is judged on types it was trained on, as Perceive-IR uses it
             "psnr_samples": len(seen),
+            # a mean over a handful of samples hides whether one sample decides it
+            "psnr_improved": sum(s.psnr_mq > s.psnr_lq for s in seen),
             "psnr_lq": _mean(s.psnr_lq for s in seen),
             "psnr_mq": _mean(s.psnr_mq for s in seen),
             "mean_probabilities": {
@@ -98,6 +101,7 @@ def histogram_rows(samples: Sequence[SampleQuality], label: str) -> list[tuple[A
 def summarise(samples: Sequence[SampleQuality], dropped: int, flagged: int) -> dict[str, Any]:
     val = [s for s in samples if s.split == "val"]
     matrix, accuracy = confusion(val)
+    correct, judged = int(np.trace(matrix)), int(np.sum(matrix))
     types = per_type(samples)
     val_types = per_type_accuracy(val)
     gains = [t["psnr_gain"] for t in types.values() if t["psnr_gain"] is not None]
@@ -113,6 +117,7 @@ def summarise(samples: Sequence[SampleQuality], dropped: int, flagged: int) -> d
             "samples": len(val),
             "accuracy": accuracy,
             "chance": round(1 / 3, 4),
+            **against_chance(correct, judged, 1 / len(QUALITY_CLASSES)),
             "confusion": matrix,
             "classes": list(QUALITY_CLASSES),
             "per_type_accuracy": val_types,

@@ -137,9 +137,14 @@ def report_markdown(metrics: dict[str, Any]) -> str:
         f"({metrics['split']})",
         "",
         f"Controller (step {controller['step']}): top-1 {controller['top1']:.3f} over "
-        f"{controller['count']} samples; chance {controller['chance']:.3f}.",
+        f"{controller['count']} samples (95% CI {controller['ci95_low']:.3f}-"
+        f"{controller['ci95_high']:.3f}); chance {controller['chance']:.3f}. A class whose "
+        "p-value against chance is above 0.05 is not shown to beat guessing.",
         "",
-        markdown_table(keyed_rows(controller["per_class"], "class"), ("class", "support", "top1")),
+        markdown_table(
+            keyed_rows(controller["per_class"], "class"),
+            ("class", "support", "top1", "ci95_low", "ci95_high", "p_above_chance"),
+        ),
     ]
     for name, scores in metrics["restorers"].items():
         lines += [
