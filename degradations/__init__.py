@@ -12,6 +12,7 @@ from degradations.engine import (
     execute,
     replay,
     replay_sample,
+    sizes_scene_geometry,
     synthesize,
     synthesize_sample,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "render_prompt",
     "replay",
     "replay_sample",
+    "sizes_scene_geometry",
     "synthesize",
     "synthesize_sample",
 ]

@@ -78,6 +78,13 @@ def execute(
     return execute_all(image, ops, inputs)[0]
 
 
+def sizes_scene_geometry(pipeline: str) -> bool:
+    """Whether a preset's pipeline takes ``scene_side`` (the typed ones: TIP, DA-CLIP, mixed),
+    so a builder that cuts crops can say how large the photo behind them is."""
+    spec = get_pipeline(resolve_preset(pipeline).pipeline)
+    return "scene_side" in spec.config_type.model_fields
+
+
 def synthesize_sample(
     image: np.ndarray,
     pipeline: str,

@@ -83,7 +83,9 @@ class DegradationType:
 
     ``verb`` is the type-only clause ("Deblur"); ``template`` the parameter clause
     ("Deblur with sigma {sigma}"). ``hidden`` draws recorded parameters that the prompt
-    does not show (noise seeds, resize modes).
+    does not show (noise seeds, resize modes). ``scene_geometry``: ``hidden`` sizes things for
+    the whole photo an image was cut from (rain streaks, drops, flakes look the same in a crop
+    as in the photo), not for the crop itself (a shadow must fall inside the crop).
     """
 
     name: str
@@ -93,6 +95,7 @@ class DegradationType:
     template: str
     order: int
     hidden: HiddenSampler | None = None
+    scene_geometry: bool = False
     doc: str = ""
     param_index: Mapping[str, NumericParam] = field(init=False, repr=False, compare=False)
 
@@ -159,6 +162,7 @@ def register_degradation(
     template: str,
     order: int,
     hidden: HiddenSampler | None = None,
+    scene_geometry: bool = False,
     inputs: tuple[str, ...] = (),
     outputs: tuple[str, ...] = (),
 ) -> Callable[[ImageFn], ImageFn]:
@@ -178,6 +182,7 @@ def register_degradation(
             template=template,
             order=order,
             hidden=hidden,
+            scene_geometry=scene_geometry,
             doc=OPS[name].doc,
         )
         return fn

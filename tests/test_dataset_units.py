@@ -177,10 +177,27 @@ def test_plan_keys_and_seeds_do_not_depend_on_other_images(tmp_path):
         top, left, height, width = spec.crop
         assert (height, width) == (64, 64) and 0 <= top <= 512 - 64 and 0 <= left <= 640 - 64
     assert len({s.seed for s in full}) == 9
+    assert all("scene_side" not in s.overrides for s in full)  # weather sized for the crop
     other_seed = plan_samples([(items[1], "train")], _captions(items),
                               _config(tmp_path, seed=1, synthesis=config.synthesis.model_dump()))
     assert {s.key for s in other_seed} == {s.key for s in part}
     assert {s.seed for s in other_seed}.isdisjoint({s.seed for s in part})
+
+
+def test_photo_sized_weather_tells_the_typed_presets_the_photo_side(tmp_path):
+    """``crop.weather_size: photo``: tip and DA-CLIP recipes get the 512 x 640 photo's short
+    side; Real-ESRGAN (no weather) and uncropped samples get nothing."""
+    crop = {"mode": "random", "size": 64, "weather_size": "photo"}
+    items = [_item(n) for n in "ab"]
+    for recipes, side in (([{"preset": "tip"}, {"type": "rainy"}], 512),
+                          ([{"preset": "realesrgan"}], None)):
+        config = _config(tmp_path, synthesis={"variants": 3, "crop": crop, "recipes": recipes})
+        for spec in plan_samples([(i, "train") for i in items], _captions(items), config):
+            assert spec.overrides.get("scene_side") == side, spec.recipe
+    whole = _config(tmp_path, synthesis={"variants": 2, "recipes": [{"preset": "tip"}],
+                                         "crop": {"weather_size": "photo"}})
+    assert all("scene_side" not in s.overrides
+               for s in plan_samples([(items[0], "train")], _captions(items), whole))
 
 
 def test_recipe_weights_are_followed(tmp_path):

@@ -146,3 +146,30 @@ def test_bad_values_are_clear_prompt_errors(photo, prompt, message):
         parse(prompt)
     with pytest.raises(degradations.PromptError, match=message):
         degradations.synthesize(photo, "prompt", 0, prompt=prompt)
+
+
+TIP_ALWAYS = {"tip": {"realesrgan_prob": 0.0, "skip_prob": 0.0}}  # its typed branch, every type
+
+
+@pytest.mark.parametrize("preset", ["daclip", "tip"])
+def test_a_crop_gets_the_weather_of_its_photo_and_its_own_shadow(preset):
+    """``scene_side``: rain, drops and snow in a 64 px crop of a 512 px photo are sized as in
+    the photo (same draws as for a 512 px image), a shadow still for the crop."""
+    rng = np.random.default_rng(5)
+    crop = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    photo = rng.integers(0, 256, (512, 600, 3), dtype=np.uint8)
+    for kind in (Degradation.RAINY, Degradation.RAINDROP, Degradation.SNOWY):
+        types = {"types": [str(kind)], **TIP_ALWAYS.get(preset, {})}
+        in_crop = degradations.synthesize_sample(crop, preset, 11, scene_side=512, **types)
+        in_photo = degradations.synthesize_sample(photo, preset, 11, **types)
+        shrunk = degradations.synthesize_sample(crop, preset, 11, **types)
+        ops = [r.record["ops"][0] for r in (in_crop, in_photo, shrunk)]
+        assert ops[0] == ops[1] and ops[0] != ops[2], kind
+        assert in_crop.record["overrides"]["scene_side"] == 512
+        replayed = degradations.replay_sample(crop, in_crop.record)
+        np.testing.assert_array_equal(replayed.lq, in_crop.lq)
+    shadow = {"types": [str(Degradation.SHADOWED)], **TIP_ALWAYS.get(preset, {})}
+    assert (degradations.synthesize_sample(crop, preset, 11, scene_side=512, **shadow).record["ops"]
+            == degradations.synthesize_sample(crop, preset, 11, **shadow).record["ops"])
+    assert degradations.sizes_scene_geometry(preset)
+    assert not degradations.sizes_scene_geometry("realesrgan")

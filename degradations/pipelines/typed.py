@@ -25,6 +25,9 @@ class TypedConfig(Config):
     )
     lq_size: LQSize = "hr"
     resize_back_mode: ResizeMode = ResizeMode.BICUBIC
+    # short side of the photo the image was cut from, for types with scene geometry (rain,
+    # drops, snow); None: the image is the whole scene
+    scene_side: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _check_ranges(self) -> TypedConfig:
@@ -58,10 +61,12 @@ def plan_types(
     config: TypedConfig,
 ) -> list[dict[str, Any]]:
     """Ops for the applied types in canonical order, plus the resize back to HQ size."""
+    scene = (config.scene_side, config.scene_side) if config.scene_side else shape
     ops = []
     for name, values in sorted(applied, key=lambda item: get_degradation(item[0]).order):
         kind = get_degradation(name)
-        hidden = kind.hidden(rng, shape) if kind.hidden else {}
+        sized_for = scene if kind.scene_geometry else shape
+        hidden = kind.hidden(rng, sized_for) if kind.hidden else {}
         ops.append(step(name, **{**values, **hidden, **config.extra_params.get(name, {})}))
     if config.lq_size == "hr" and ops:
         ops.append(step("quantize"))

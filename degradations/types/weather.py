@@ -8,7 +8,9 @@ tints (no flakes); Spatter's "rain" looks like mud spots, not out-of-focus lens 
 three round the image to uint8 inside. The renderers below are OpenCV/numpy on float32.
 
 Density is the visible number; geometry (lengths, sizes, angles) and the seed for positions
-are hidden but recorded, and scale with the image so a 256 crop and a 512 crop look alike.
+are hidden but recorded, and scale with the scene so a 256 and a 512 photo look alike; a crop
+of a photo (``scene_side`` of the typed pipelines) gets the photo's geometry, not geometry
+shrunk to the crop: on 64 px crops of 512 px photos that would be 4 px streaks and 1.5 px drops.
 Objects are drawn from one ``rng.random((n, k))`` call, so a higher density with the same seed
 adds objects to the same ones: the degradation grows monotonically with density.
 """
@@ -84,6 +86,7 @@ def _rain_hidden(rng: np.random.Generator, shape: tuple[int, int]) -> dict[str, 
     template="Derain with density {density}",
     order=3,
     hidden=_rain_hidden,
+    scene_geometry=True,
 )
 def rainy(
     image: np.ndarray,
@@ -141,6 +144,7 @@ def _raindrop_hidden(rng: np.random.Generator, shape: tuple[int, int]) -> dict[s
     template="Remove raindrops with density {density}",
     order=5,
     hidden=_raindrop_hidden,
+    scene_geometry=True,
 )
 def raindrop(
     image: np.ndarray,
@@ -232,6 +236,7 @@ def _line_kernel(length: float, angle: float) -> np.ndarray:
     template="Desnow with density {density}",
     order=4,
     hidden=_snow_hidden,
+    scene_geometry=True,
 )
 def snowy(
     image: np.ndarray,

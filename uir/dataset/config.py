@@ -164,6 +164,11 @@ def check_recipe(preset_name: str, overrides: dict[str, Any]) -> None:
 class CropConfig(Config):
     mode: Literal["full", "random"] = "full"
     size: int = Field(256, ge=8)
+    # What rain streaks, raindrops and snowflakes of a random crop are sized for: "photo", the
+    # photo it is cut from (a crop of a rainy photo); "crop", the crop as if it were a whole
+    # photo (4 px streaks in a 64 px crop). "crop" is the default so existing dataset
+    # definitions rebuild byte for byte.
+    weather_size: Literal["crop", "photo"] = "crop"
 
 
 class SynthesisConfig(Config):

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from degradations.engine import sizes_scene_geometry
 from degradations.prompt import Clause, RestorationPrompt, render
 from degradations.seeding import derive_seed, generator
 from uir.dataset.captions import Caption
@@ -152,6 +153,9 @@ def plan_samples(
                 _random_crop(key, config.seed, item.hq_size, synthesis.crop.size, 1)
                 if random_crop else None
             )
+            photo_weather = synthesis.crop.weather_size == "photo"
+            if crop and photo_weather and sizes_scene_geometry(preset):
+                overrides = {"scene_side": min(item.hq_size), **overrides}
             samples.append(
                 SampleSpec(
                     key=key, seed=derive_seed(config.seed, key), crop=crop, recipe=recipe.label,
