@@ -125,6 +125,13 @@ def plan_samples(
     """All samples, sorted by key, so the variants of one HQ sit next to each other."""
     synthesis = config.synthesis
     random_crop = synthesis.crop.mode == "random"
+    # recipes whose crops learn the photo's size (resolving a preset reads its YAML: once each)
+    photo_weather = random_crop and synthesis.crop.weather_size == "photo"
+    scene_sized = {
+        recipe.label
+        for recipe in synthesis.recipes
+        if photo_weather and sizes_scene_geometry(recipe.resolved()[0])
+    }
     samples: list[SampleSpec] = []
     for item, split in assigned:
         fields = _item_fields(item, split, captions[item.hq_hash])
@@ -153,8 +160,7 @@ def plan_samples(
                 _random_crop(key, config.seed, item.hq_size, synthesis.crop.size, 1)
                 if random_crop else None
             )
-            photo_weather = synthesis.crop.weather_size == "photo"
-            if crop and photo_weather and sizes_scene_geometry(preset):
+            if recipe.label in scene_sized:
                 overrides = {"scene_side": min(item.hq_size), **overrides}
             samples.append(
                 SampleSpec(
