@@ -3,6 +3,7 @@ balance, seeding, fixed epochs, worker-side decoding, embeddings, the eval pass.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -29,7 +30,7 @@ from uir_models.data import (
     train_loader,
     transforms,
 )
-from uir_models.data.transforms import paired_flip, paired_random_crop
+from uir_models.data.transforms import paired_channel_shuffle, paired_flip, paired_random_crop
 
 # label, split, pairs, LQ scale: a skewed train split (12 : 3 : 1) and a small val split.
 # LQ is the HQ itself (scale 1) or every scale-th HQ pixel, so alignment is checkable exactly.
@@ -204,6 +205,40 @@ def test_batches_hold_aligned_crops_and_multi_hot_labels(dataset):
     assert len(seen) > 20
     # labels outside the caller's list are not encoded (they stay listed in "types")
     assert transforms.multi_hot(["noisy", "blurry"], ["hazy", "noisy"]).tolist() == [0.0, 1.0]
+
+
+def test_channel_shuffle_permutes_lq_and_hq_alike_and_only_when_asked(dataset):
+    rng = np.random.default_rng(0)
+    hq = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    lq = hq // 2
+    orders = set()
+    for _ in range(60):
+        lq_out, hq_out = paired_channel_shuffle(lq, hq, rng)
+        order = next(o for o in _ORDERS if np.array_equal(hq_out, hq[..., o]))
+        assert np.array_equal(lq_out, lq[..., order])
+        orders.add(tuple(order))
+    assert len(orders) == 6
+
+    def by_key(shuffle: bool) -> dict[str, dict[str, torch.Tensor]]:
+        # whole images, no flips: the only difference channel_shuffle can make is the order
+        config = _config(batches_per_epoch=8, crop_size=SIZE, flip=False, channel_shuffle=shuffle)
+        return {
+            key: {"lq": lq, "hq": hq}
+            for batch in train_loader(dataset, "train", TYPES, config)
+            for key, lq, hq in zip(batch["key"], batch["lq"], batch["hq"], strict=True)
+        }
+
+    plain, shuffled = by_key(False), by_key(True)
+    assert plain.keys() == shuffled.keys()
+    swapped = 0
+    for key, sample in shuffled.items():
+        order = next(o for o in _ORDERS if torch.equal(sample["hq"], plain[key]["hq"][o]))
+        assert torch.equal(sample["lq"], plain[key]["lq"][order])
+        swapped += order != [0, 1, 2]
+    assert swapped > len(shuffled) // 2
+
+
+_ORDERS = [list(order) for order in itertools.permutations(range(3))]
 
 
 def test_eval_loader_scaled_pairs_full_and_centre_crops(dataset):

@@ -72,6 +72,9 @@ class LoaderConfig:
     batches_per_epoch: int | None = None
     """Batches per rank per epoch; ``None``: ``ceil(split samples / (world_size x batch))``."""
     flip: bool = True
+    channel_shuffle: bool = False
+    """Permute RGB (the same on LQ and HQ) in every training sample: colour variety when a
+    dataset has few photos. Off by default: it changes the random stream of existing runs."""
     upsample_lq: bool = True
     """Resize LQ crops to the HQ crop size (bicubic), so pairs of any integer scale batch."""
     pin_memory: bool = False
@@ -258,7 +261,7 @@ class TrainLoader:
             "embeddings_sha256": embeddings.sha256 if embeddings is not None else None,
             "balanced_types": list(stream.balanced_types),
             "shard_order": "seed, epoch (shared by all ranks and workers)",
-            "per_worker": "seed, epoch, rank, worker: shuffle/balance buffers, crops, flips",
+            "per_worker": "seed, epoch, rank, worker: shuffle/balance buffers, crops, flips, channels",
         }
 
 
@@ -291,6 +294,7 @@ def train_loader(
         "random",
         config.crop_size,
         flip=config.flip,
+        channel_shuffle=config.channel_shuffle,
         upsample_lq=config.upsample_lq,
         embeddings=as_embedding_table(embeddings),
     )

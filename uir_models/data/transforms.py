@@ -98,6 +98,16 @@ def paired_flip(
     return lq, hq
 
 
+def paired_channel_shuffle(
+    lq: np.ndarray, hq: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """The same random permutation of the RGB channels on both images. A colour augmentation
+    that keeps every degradation type what it is (noise, blur, rain, haze, darkness and
+    blocks survive a channel swap) while a few photos' palettes pass for many."""
+    order = rng.permutation(3)
+    return lq[..., order], hq[..., order]
+
+
 def upsample_to(lq: np.ndarray, hq: np.ndarray) -> np.ndarray:
     """LQ resized (bicubic) to HQ's size, for restorers whose output is the input's size."""
     if lq.shape == hq.shape:
@@ -135,7 +145,8 @@ def parse_sample(sample: Mapping[str, Any]) -> RawSample:
 
 @dataclass(frozen=True)
 class SampleDecoder:
-    """Raw sample -> tensors: decode, crop (random / center / none), flip, labels, embeddings.
+    """Raw sample -> tensors: decode, crop (random / center / none), flip, channel shuffle,
+    labels, embeddings.
 
     ``upsample_lq`` resizes the LQ crop to the HQ crop's size after cropping (cheaper than
     resizing whole images), so pairs of different scales share a batch.
@@ -145,6 +156,7 @@ class SampleDecoder:
     crop: CropMode
     crop_size: int | None = None
     flip: bool = False
+    channel_shuffle: bool = False
     upsample_lq: bool = True
     embeddings: EmbeddingTable | None = None
 
@@ -158,8 +170,8 @@ class SampleDecoder:
     def __call__(self, raw: RawSample, rng: np.random.Generator | None = None) -> dict[str, Any]:
         """``rng`` drives the random crop and flips (required when there are any)."""
         key, meta = raw["__key__"], raw["meta"]
-        if rng is None and (self.crop == "random" or self.flip):
-            raise ValueError("a random crop or flip needs a seeded generator")
+        if rng is None and (self.crop == "random" or self.flip or self.channel_shuffle):
+            raise ValueError("a random crop, flip or channel shuffle needs a seeded generator")
         lq = decode_rgb(raw[schema.LQ], f"sample {key} {schema.LQ}")
         hq = decode_rgb(raw[schema.HQ], f"sample {key} {schema.HQ}")
         if self.crop_size is not None:
@@ -169,6 +181,8 @@ class SampleDecoder:
                 lq, hq = paired_center_crop(lq, hq, self.crop_size, key)
         if rng is not None and self.flip:
             lq, hq = paired_flip(lq, hq, rng)
+        if rng is not None and self.channel_shuffle:
+            lq, hq = paired_channel_shuffle(lq, hq, rng)
         if self.upsample_lq:
             lq = upsample_to(lq, hq)
         sample = {
