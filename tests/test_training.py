@@ -20,6 +20,7 @@ from degradations.names import DACLIP_TYPES
 from uir.dataset.build import run_build
 from uir.dataset.config import ConfigError, load_dataset_config
 from uir.training.config import load_training_config
+from uir.training.dvc_stage import check_dvc_stage
 from uir.training.job import TrainingError, load_training_job
 from uir.training.launch import launch, torchrun_command
 from uir_models.data import EmbeddingTable
@@ -124,6 +125,35 @@ def test_repository_profiles_load() -> None:
     assert paper.controller.data["crop_size"] == 224
     assert {r.method for r in paper.restorers.values()} == {"direct", "sde"}
     assert paper.restorers["irsde"].sde["max_sigma"] == 50
+
+
+def test_dvc_stages_must_declare_what_the_profile_reads_and_writes(tmp_path: Path) -> None:
+    """Under `dvc repro` (DVC_STAGE, DVC_ROOT) a training step whose dvc.yaml stage misses the
+    profile's dataset or output folder stops before it trains; the shipped files agree."""
+    repo = Path(__file__).resolve().parents[1]
+    env = {"DVC_ROOT": str(repo)}
+    stages = {"controller": "train_controller", "restorer": "train_restorer",
+              "evaluate": "evaluate"}
+    shipped = load_training_job(repo / "params.yaml")
+    for step, stage in stages.items():
+        check_dvc_stage(shipped, step, {**env, "DVC_STAGE": stage})
+
+    other_data = load_training_job(repo / "params.yaml", overrides={"dataset": "demo"})
+    with pytest.raises(TrainingError, match=r"'train_controller' .*deps lack data/shards/demo\b"):
+        check_dvc_stage(other_data, "controller", {**env, "DVC_STAGE": "train_controller"})
+    check_dvc_stage(other_data, "controller", {})  # not under DVC: nothing to check
+    check_dvc_stage(other_data, "controller", {**env, "DVC_STAGE": "sub/dvc.yaml:train"})
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["training"]["output"] = str(tmp_path / "elsewhere")
+    for dataset in params["datasets"].values():
+        dataset["output"] = str(repo / dataset["output"])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    moved = load_training_job(tmp_path / "params.yaml")
+    with pytest.raises(TrainingError, match=r"outs lack .*elsewhere/restorers"):
+        check_dvc_stage(moved, "restorer", {**env, "DVC_STAGE": "train_restorer"})
+    with pytest.raises(TrainingError, match=r"deps lack .*elsewhere/controller"):
+        check_dvc_stage(moved, "evaluate", {**env, "DVC_STAGE": "evaluate"})
 
 
 def test_torchrun_command_is_multi_node_ready(tiny_params: Path) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from uir.training.config import STEPS
+from uir.training.dvc_stage import check_dvc_stage
 from uir.training.job import TrainingJob, load_training_job
 
 
@@ -101,6 +102,7 @@ def launch(
     job = load_training_job(params, profile=profile, overrides=overrides)
     if step not in STEPS:
         raise ValueError(f"unknown training step {step!r}; steps: {', '.join(STEPS)}")
+    check_dvc_stage(job, step)
     results: dict[str, Any] = {}
     if step == "restorer":
         results["embeddings"] = run_in_process(job, "embed")
