@@ -143,6 +143,14 @@ def test_dvc_stages_must_declare_what_the_profile_reads_and_writes(tmp_path: Pat
         check_dvc_stage(other_data, "controller", {**env, "DVC_STAGE": "train_controller"})
     check_dvc_stage(other_data, "controller", {})  # not under DVC: nothing to check
     check_dvc_stage(other_data, "controller", {**env, "DVC_STAGE": "sub/dvc.yaml:train"})
+    templated = tmp_path / "templated"
+    templated.mkdir()
+    (templated / "dvc.yaml").write_text(
+        "stages:\n  train_controller:\n    cmd: uir train controller\n"
+        "    deps: ['${training.data}']\n    outs: [models/train/controller]\n"
+    )
+    check_dvc_stage(other_data, "controller", {"DVC_ROOT": str(templated),
+                                               "DVC_STAGE": "train_controller"})
 
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["training"]["output"] = str(tmp_path / "elsewhere")

@@ -57,7 +57,8 @@ def undeclared(declared: Iterable[str], needed: Iterable[Path], root: Path) -> l
 def check_dvc_stage(job: TrainingJob, step: str, environ: Mapping[str, str] = os.environ) -> None:
     """Raise :class:`TrainingError` when DVC runs ``step`` as a stage (``DVC_STAGE`` and
     ``DVC_ROOT`` set) whose ``dvc.yaml`` entry misses a path the step reads or writes.
-    Outside DVC, or for a stage not defined in the root dvc.yaml, there is nothing to check."""
+    Outside DVC, for a stage not defined in the root dvc.yaml, or one with templated paths,
+    there is nothing to check."""
     name, root = environ.get("DVC_STAGE"), environ.get("DVC_ROOT")
     if not name or not root or not (Path(root) / "dvc.yaml").is_file():
         return
@@ -66,11 +67,14 @@ def check_dvc_stage(job: TrainingJob, step: str, environ: Mapping[str, str] = os
     stage = stages.get(name)
     if not isinstance(stage, Mapping):
         return
+    deps, outs = stage_paths(stage, ["deps"]), stage_paths(stage, _OUTPUT_SECTIONS)
+    if any("${" in path for path in deps + outs):
+        return  # templated paths: DVC resolves them, and so can only DVC
     reads, writes = step_paths(job, step)
     problems = []
-    if missing := undeclared(stage_paths(stage, ["deps"]), reads, root_path):
+    if missing := undeclared(deps, reads, root_path):
         problems.append(f"deps lack {', '.join(missing)}")
-    if missing := undeclared(stage_paths(stage, _OUTPUT_SECTIONS), writes, root_path):
+    if missing := undeclared(outs, writes, root_path):
         problems.append(f"outs lack {', '.join(missing)}")
     if problems:
         raise TrainingError(
