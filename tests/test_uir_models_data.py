@@ -207,6 +207,9 @@ def test_batches_hold_aligned_crops_and_multi_hot_labels(dataset):
     assert transforms.multi_hot(["noisy", "blurry"], ["hazy", "noisy"]).tolist() == [0.0, 1.0]
 
 
+_ORDERS = [list(order) for order in itertools.permutations(range(3))]
+
+
 def test_channel_shuffle_permutes_lq_and_hq_alike_and_only_when_asked(dataset):
     rng = np.random.default_rng(0)
     hq = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
@@ -236,9 +239,6 @@ def test_channel_shuffle_permutes_lq_and_hq_alike_and_only_when_asked(dataset):
         assert torch.equal(sample["lq"], plain[key]["lq"][order])
         swapped += order != [0, 1, 2]
     assert swapped > len(shuffled) // 2
-
-
-_ORDERS = [list(order) for order in itertools.permutations(range(3))]
 
 
 def test_eval_loader_scaled_pairs_full_and_centre_crops(dataset):

@@ -168,7 +168,7 @@ class SampleDecoder:
             )
 
     def __call__(self, raw: RawSample, rng: np.random.Generator | None = None) -> dict[str, Any]:
-        """``rng`` drives the random crop and flips (required when there are any)."""
+        """``rng`` drives the random crop, flips and channel shuffle (required for any of them)."""
         key, meta = raw["__key__"], raw["meta"]
         if rng is None and (self.crop == "random" or self.flip or self.channel_shuffle):
             raise ValueError("a random crop, flip or channel shuffle needs a seeded generator")
