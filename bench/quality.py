@@ -17,8 +17,10 @@ What is measured:
   drawing, host-to-device copy, forward, backward, AdamW, schedule, reading losses every 1%),
   not the model build, checkpoint load or final checkpoint write.
 - Batch drawing: ``draw_batch`` alone (random crop + dihedral augmentation of LQ and HQ) in
-  milliseconds per batch. On a GPU the CPU draws the next batch while the GPU runs the current
-  step, so training is data-bound only if this exceeds the step time.
+  milliseconds per batch, without and with ``channel_shuffle`` (the demo's setting; the
+  ratio of the two, drawn interleaved in this run). On a GPU the CPU draws the next batch
+  while the GPU runs the current step, so training is data-bound only if this exceeds the
+  step time.
 - Rendering: ``render_medium`` of a 512x768 uint8 image (``--render-size``) in ``--tile`` tiles
   with ``--overlap`` (defaults 512 / 32, the reference), after one warm-up render; best of
   ``--repeats``. Includes the uint8 <-> float conversion and host <-> device copies.
@@ -108,16 +110,18 @@ def bench_training(args: argparse.Namespace, device: torch.device) -> dict[str, 
         timed = train_proxy(pairs, settings, ckpt)
         peak = _peak_gib(device)
     assert timed.resumed_from == args.warmup and len(timed.losses) == settings.iterations
-    draws = []
+    draws: dict[bool, list[float]] = {False: [], True: []}
     for step in range(1, 21):
-        start = time.perf_counter()
-        draw_batch(pairs, args.batch, args.patch, 0, step)
-        draws.append(time.perf_counter() - start)
+        for shuffle in (False, True):  # interleaved, so load changes hit both alike
+            start = time.perf_counter()
+            draw_batch(pairs, args.batch, args.patch, 0, step, channel_shuffle=shuffle)
+            draws[shuffle].append(time.perf_counter() - start)
     return {
         "params": params,
         "steps_per_second": timed.steps_per_second,
         "ms_per_step": 1000 / timed.steps_per_second,
-        "draw_ms_per_batch": 1000 * float(np.median(draws)),
+        "draw_ms_per_batch": 1000 * float(np.median(draws[False])),
+        "draw_shuffle_ms_per_batch": 1000 * float(np.median(draws[True])),
         "train_peak_gib": peak,
         "hours_for_reference": REFERENCE_ITERATIONS / timed.steps_per_second / 3600,
         "model": timed.model,
@@ -180,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{train['steps_per_second']:.2f} steps/s ({train['ms_per_step']:.1f} ms/step)",
         ),
         ("batch drawing (CPU)", f"{train['draw_ms_per_batch']:.2f} ms/batch"),
+        (
+            "batch drawing, channel_shuffle",
+            f"{train['draw_shuffle_ms_per_batch']:.2f} ms/batch "
+            f"(x{train['draw_shuffle_ms_per_batch'] / train['draw_ms_per_batch']:.2f})",
+        ),
         ("est. 2 folds x 20k iterations", f"{train['hours_for_reference']:.2f} h"),
         (
             f"rendering {h}x{w} (tile {args.tile}, overlap {args.overlap})",

@@ -237,8 +237,8 @@ def _label_on_runner(job: QualityJob, steps: list[str]) -> dict[str, Any] | None
     if "proxy" in steps:
         trainer = proxy_fold_task.with_options(retries=retries)
         for stamp in [f.result() for f in [trainer.submit(job, k, workers) for k in folds.FOLDS]]:
-            logger.info("proxy fold %d: %d pairs, final L1 %.4f", stamp["fold"], stamp["pairs"],
-                        stamp["final_l1"])
+            logger.info("proxy fold %d: %d pairs, final loss %.4f", stamp["fold"],
+                        stamp["pairs"], stamp["final_loss"])
     if "render" in steps:
         renderer = render_task.with_options(retries=retries)
         for future in as_completed([renderer.submit(job, shard, workers) for shard in shards]):

@@ -21,10 +21,10 @@ from uir.quality.report import SampleQuality, confusion, histogram_rows, per_typ
 from uir.quality.run import resolve_steps
 from uir.quality.samples import TarMembers, fold_of
 from uir_models.metrics import against_chance
+from uir_models.quality.balance import balanced_indices
 from uir_models.quality.perceiver import QualityPerceiver, load_clip
 from uir_models.quality.prompt_training import (
     PerceiverTrainSettings,
-    balanced_indices,
     center_crop,
     score_images,
     train_perceiver,

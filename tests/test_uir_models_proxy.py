@@ -155,6 +155,53 @@ def test_pairs_smaller_than_the_patch_shrink_the_batch(tmp_path):
     assert len(result.losses) == 3 and all(np.isfinite(result.losses))
 
 
+class _Labelled(list):
+    """Pairs that name their type: 18 "common" ones, then 2 "rare" ones."""
+
+    def labels(self, index: int) -> tuple[str, ...]:
+        return ("rare",) if index >= 18 else ("common",)
+
+
+def test_type_balanced_batches_draw_rare_types_as_often_as_common_ones(tmp_path):
+    pairs = _Labelled(_position_pairs([(24, 24)] * 20))
+    groups = {"common": list(range(18)), "rare": [18, 19]}
+    image_ids = [
+        int(crop[0, 0, 2])
+        for step in range(1, 200)
+        for crop in draw_batch(pairs, 4, 16, seed=3, step=step, groups=groups)[1]
+    ]
+    assert abs(np.mean([i >= 18 for i in image_ids]) - 0.5) < 0.06  # uniform: 0.1
+    uniform = [
+        int(crop[0, 0, 2])
+        for step in range(1, 200)
+        for crop in draw_batch(pairs, 4, 16, seed=3, step=step)[1]
+    ]
+    assert np.mean([i >= 18 for i in uniform]) < 0.2
+    balanced = _settings(balance="types")
+    assert balanced.digest() != _settings().digest()
+    result = train_proxy(pairs, _settings(balance="types", iterations=2), tmp_path / "b.pt")
+    assert len(result.losses) == 2
+    with pytest.raises(ValueError, match="labels"):
+        train_proxy(list(pairs), balanced, tmp_path / "c.pt")
+    with pytest.raises(ValueError, match="balance"):
+        _settings(balance="photos")
+
+
+def test_channel_shuffle_permutes_lq_and_hq_alike_and_only_when_asked():
+    pairs = _position_pairs([(40, 40)])
+    hq_plain = draw_batch(pairs, 6, 16, seed=2, step=1)[1]
+    orders = set()
+    for step in range(1, 30):
+        lq, hq = draw_batch(pairs, 6, 16, seed=2, step=step, channel_shuffle=True)
+        np.testing.assert_array_equal(lq, 255 - hq)  # one permutation for both
+        for crop in hq:
+            constant = [c for c in range(3) if len(np.unique(crop[..., c])) == 1]
+            assert len(constant) == 1  # the image-index channel moved, never duplicated
+            orders.add(constant[0])
+    assert orders == {0, 1, 2}
+    assert all(len(np.unique(crop[..., 2])) == 1 for crop in hq_plain)  # off: RGB as stored
+
+
 def test_bad_pairs_name_the_index(tmp_path):
     good = _noisy_pairs(2, seed=0)
     with pytest.raises(ValueError, match="empty"):

@@ -51,6 +51,9 @@ class ProxyConfig(Config):
     # psnr: per-sample log MSE; spelt out, not uir_models.losses.PixelLoss, so reading params
     # does not import torch
     loss: Literal["l1", "psnr"] = "l1"
+    # types: a degradation type uniformly, then a pair of it (as the perceiver's batches)
+    balance: Literal["types", "none"] = "none"
+    channel_shuffle: bool = False  # the same random RGB order on LQ and HQ of each crop
     checkpoint_every: int = Field(500, ge=1)
     device: str = "auto"
 

@@ -42,6 +42,9 @@ class FoldPairs:
         ref = self.refs[index]
         return self.reader.pair(ref.shard, ref.key)
 
+    def labels(self, index: int) -> tuple[str, ...]:
+        return self.refs[index].labels
+
 
 def open_base(job: QualityJob) -> DatasetReader:
     try:
@@ -92,6 +95,8 @@ def train_fold(
         min_lr=cfg.min_lr,
         weight_decay=cfg.weight_decay,
         loss=cfg.loss,
+        balance=cfg.balance,
+        channel_shuffle=cfg.channel_shuffle,
         checkpoint_every=cfg.checkpoint_every,
         device=cfg.device,
         seed=derive_seed(job.quality.seed, f"proxy/fold-{fold}") % 2**63,
@@ -101,7 +106,7 @@ def train_fold(
     result = train_proxy(FoldPairs(reader, refs), settings, checkpoint, progress=progress)
     write_csv(
         job.proxy_dir / f"fold-{fold}.losses.csv",
-        ["step", "l1"],
+        ["step", "loss"],
         [(step, f"{loss:.6f}") for step, loss in enumerate(result.losses, 1)],
     )
     return write_stamp(
@@ -113,5 +118,5 @@ def train_fold(
         types=sorted({label for ref in refs for label in ref.labels}),
         iterations=cfg.iterations,
         resumed_from=result.resumed_from,
-        final_l1=float(np.mean(result.losses[-max(1, len(result.losses) // 20) :])),
+        final_loss=float(np.mean(result.losses[-max(1, len(result.losses) // 20) :])),
     )

@@ -1,5 +1,6 @@
 """Perceive-IR three-tier quality: the proxy restorer (``proxy``), the prompt-learned CLIP
-quality perceiver (``perceiver``) and its training (``prompt_training``).
+quality perceiver (``perceiver``), its training (``prompt_training``) and the type-balanced
+sampling both train with (``balance``).
 
 Import from the submodules: the perceiver needs open_clip, the proxy restorer only torch, so
 a restorer-only environment can train and render proxies.

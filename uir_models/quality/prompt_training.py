@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -23,6 +23,7 @@ import torch
 
 from uir_models.checkpoints import read_checkpoint, write_atomic
 from uir_models.devices import resolve_device
+from uir_models.quality.balance import Balance, balanced_indices, type_groups
 from uir_models.quality.perceiver import (
     QUALITY_CLASSES,
     QualityPerceiver,
@@ -50,7 +51,7 @@ class PerceiverTrainSettings:
     min_lr: float = 0.0
     weight_decay: float = 0.0
     crop: int | None = None  # None: the CLIP input size
-    balance: Literal["types", "none"] = "types"
+    balance: Balance = "types"
     checkpoint_every: int = 1000
     seed: int = 0
     device: str = "auto"
@@ -116,25 +117,6 @@ def to_tensor(images: Sequence[np.ndarray], device: torch.device) -> torch.Tenso
     return batch.permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def balanced_indices(
-    groups: dict[str, list[int]], count: int, rng: np.random.Generator
-) -> list[int]:
-    """``count`` sample indices: a type uniformly, then a sample of that type."""
-    names = sorted(groups)
-    picks = rng.integers(0, len(names), size=count)
-    return [groups[names[p]][int(rng.integers(0, len(groups[names[p]])))] for p in picks]
-
-
-def _groups(triplets: TripletSet, balance: str) -> dict[str, list[int]]:
-    if balance == "none":
-        return {"all": list(range(len(triplets)))}
-    groups: dict[str, list[int]] = {}
-    for index in range(len(triplets)):
-        for label in triplets.labels(index) or ("none",):
-            groups.setdefault(label, []).append(index)
-    return groups
-
-
 def train_perceiver(
     perceiver: QualityPerceiver,
     triplets: TripletSet,
@@ -184,7 +166,7 @@ def train_perceiver(
             checkpoint,
         )
 
-    groups = _groups(triplets, settings.balance)
+    groups = type_groups(len(triplets), triplets.labels, settings.balance)
     size = crop_size(perceiver, settings.crop)
     end = settings.iterations if stop_after is None else min(settings.iterations, step + stop_after)
     report_every = max(1, settings.iterations // 100)

@@ -28,9 +28,11 @@ import torch
 from torch import nn
 
 from uir_models.checkpoints import CheckpointError, read_checkpoint, write_atomic
+from uir_models.data.transforms import paired_channel_shuffle
 from uir_models.devices import resolve_device
 from uir_models.factory import create_model, get_model_config
 from uir_models.losses import PixelLoss, loss_identity, restoration_loss
+from uir_models.quality.balance import Balance, balanced_indices, type_groups
 from uir_models.tiling import restore_tiled
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,14 @@ class ProxyTrainSettings:
     # weighs every sample alike: with few images and degradations of very different strength,
     # L1 is dominated by the severe ones and the proxy over-processes mild ones.
     loss: PixelLoss = "l1"
+    # "types": draw a degradation type uniformly, then a pair carrying it (needs the pairs'
+    # labels). With few images the types only some recipes make (low light, haze, shadow)
+    # are otherwise a few percent of the batches, and the proxy never learns to undo them.
+    balance: Balance = "none"
+    # The same random RGB order on LQ and HQ (the RGB permutation of Yoo et al., CVPR 2020):
+    # trained on a few photos' palettes, a proxy otherwise shifts the colours of an unseen
+    # palette (the demo's red fundus photo lost 5-8 dB on nearly clean samples).
+    channel_shuffle: bool = False
 
     def __post_init__(self) -> None:
         # Settings often come from YAML: normalise types so equal settings digest equally.
@@ -102,6 +112,8 @@ class ProxyTrainSettings:
             raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got {self.lr=}, {self.min_lr=}")
         if len(self.betas) != 2:
             raise ValueError(f"betas must be two numbers, got {self.betas}")
+        if self.balance not in ("types", "none"):
+            raise ValueError(f"balance must be 'types' or 'none', got {self.balance!r}")
 
     def canonical(self) -> dict[str, Any]:
         """The digested fields, with the model resolved to its full config."""
@@ -131,6 +143,12 @@ class PairSet(Protocol):
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
+class LabelledPairSet(PairSet, Protocol):
+    """Pairs that also name their degradation types, for type-balanced batches."""
+
+    def labels(self, index: int) -> tuple[str, ...]: ...
+
+
 @dataclass
 class ProxyTrainResult:
     """The trained model (eval mode, on the training device) and how training went."""
@@ -155,17 +173,28 @@ def _load_pair(pairs: PairSet, index: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def draw_batch(
-    pairs: PairSet, batch_size: int, patch_size: int, seed: int, step: int
+    pairs: PairSet,
+    batch_size: int,
+    patch_size: int,
+    seed: int,
+    step: int,
+    groups: dict[str, list[int]] | None = None,
+    channel_shuffle: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The (LQ, HQ) uint8 batch (B, P, P, 3) of training step ``step``; a pure function.
 
-    Pairs are drawn with replacement. Each gets a random crop, horizontal flip and rot90 (the
-    8 dihedral transforms), the same on LQ and HQ so they stay pixel-aligned. A pair smaller
-    than the patch is not an error: the batch's side is ``min(patch_size, smallest side of the
-    drawn pairs)``, so small images train at their own size.
+    Pairs are drawn with replacement, uniformly or, given ``groups`` (pair indices by type),
+    a type uniformly and then a pair of it. Each gets a random crop, horizontal flip and rot90
+    (the 8 dihedral transforms) and, with ``channel_shuffle``, a random order of its RGB
+    channels, the same on LQ and HQ so they stay aligned. A pair smaller than the patch is not
+    an error: the batch's side is ``min(patch_size, smallest side of the drawn pairs)``, so
+    small images train at their own size.
     """
     rng = np.random.default_rng([seed, step])
-    indices = rng.integers(0, len(pairs), size=batch_size)
+    if groups is None:
+        indices = rng.integers(0, len(pairs), size=batch_size)
+    else:
+        indices = np.asarray(balanced_indices(groups, batch_size, rng))
     loaded = [_load_pair(pairs, int(i)) for i in indices]
     size = min(patch_size, *(min(lq.shape[:2]) for lq, _ in loaded))
     out_lq = np.empty((batch_size, size, size, 3), dtype=np.uint8)
@@ -175,8 +204,10 @@ def draw_batch(
         left = int(rng.integers(0, lq.shape[1] - size + 1))
         flip = bool(rng.integers(0, 2))
         turns = int(rng.integers(0, 4))
-        for src, dst in ((lq, out_lq), (hq, out_hq)):
-            crop = src[top : top + size, left : left + size]
+        crops = (lq[top : top + size, left : left + size], hq[top : top + size, left : left + size])
+        if channel_shuffle:  # on the crops: permuting whole images copies them
+            crops = paired_channel_shuffle(*crops, rng)
+        for crop, dst in zip(crops, (out_lq, out_hq), strict=True):
             dst[j] = np.rot90(crop[:, ::-1] if flip else crop, turns)
     return out_lq, out_hq
 
@@ -218,7 +249,7 @@ def train_proxy(
     progress: Callable[[int, int, float], None] | None = None,
     stop_after: int | None = None,
 ) -> ProxyTrainResult:
-    """Train (or resume training) a proxy restorer on ``pairs`` with L1 loss.
+    """Train (or resume training) a proxy restorer on ``pairs`` with ``settings.loss``.
 
     ``checkpoint`` is resumed when it holds the same settings digest and pair count, and
     restarted (with a warning) when they differ; it is rewritten atomically every
@@ -228,6 +259,12 @@ def train_proxy(
     n_pairs = len(pairs)
     if n_pairs == 0:
         raise ValueError("train_proxy needs at least one (LQ, HQ) pair; the pair set is empty")
+    groups = None
+    if settings.balance == "types":
+        labels = getattr(pairs, "labels", None)
+        if labels is None:
+            raise ValueError("balance 'types' needs pairs with a labels(index) method")
+        groups = type_groups(n_pairs, labels, "types")
     if stop_after is not None and stop_after < 0:
         raise ValueError(f"stop_after must be >= 0, got {stop_after}")
     checkpoint = Path(checkpoint)
@@ -301,7 +338,13 @@ def train_proxy(
     while step < end:
         step += 1
         lq_np, hq_np = draw_batch(
-            pairs, settings.batch_size, settings.patch_size, settings.seed, step
+            pairs,
+            settings.batch_size,
+            settings.patch_size,
+            settings.seed,
+            step,
+            groups,
+            settings.channel_shuffle,
         )
         lq, hq = _to_device(lq_np, device), _to_device(hq_np, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -361,6 +404,7 @@ def render_medium(
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "LabelledPairSet",
     "PairSet",
     "ProxyCheckpointError",
     "ProxyTrainResult",
