@@ -8,11 +8,10 @@ first keeps the rare ones from being learned from a few percent of the batches.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import numpy as np
 
-Balance = Literal["types", "none"]
+from uir_models.data.balance import Balance
 
 
 def type_groups(

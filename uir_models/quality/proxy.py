@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, get_args, runtime_checkable
 
 import numpy as np
 import torch
@@ -112,8 +112,8 @@ class ProxyTrainSettings:
             raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got {self.lr=}, {self.min_lr=}")
         if len(self.betas) != 2:
             raise ValueError(f"betas must be two numbers, got {self.betas}")
-        if self.balance not in ("types", "none"):
-            raise ValueError(f"balance must be 'types' or 'none', got {self.balance!r}")
+        if self.balance not in get_args(Balance):
+            raise ValueError(f"balance must be one of {get_args(Balance)}, got {self.balance!r}")
 
     def canonical(self) -> dict[str, Any]:
         """The digested fields, with the model resolved to its full config."""
@@ -143,6 +143,7 @@ class PairSet(Protocol):
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
+@runtime_checkable
 class LabelledPairSet(PairSet, Protocol):
     """Pairs that also name their degradation types, for type-balanced batches."""
 
@@ -261,10 +262,9 @@ def train_proxy(
         raise ValueError("train_proxy needs at least one (LQ, HQ) pair; the pair set is empty")
     groups = None
     if settings.balance == "types":
-        labels = getattr(pairs, "labels", None)
-        if labels is None:
+        if not isinstance(pairs, LabelledPairSet):
             raise ValueError("balance 'types' needs pairs with a labels(index) method")
-        groups = type_groups(n_pairs, labels, "types")
+        groups = type_groups(n_pairs, pairs.labels, "types")
     if stop_after is not None and stop_after < 0:
         raise ValueError(f"stop_after must be >= 0, got {stop_after}")
     checkpoint = Path(checkpoint)
