@@ -1,5 +1,6 @@
 """Shared, generic test helpers: running the installed CLI in an isolated environment, writing
-params files, making small test photographs and fingerprinting folders."""
+params files, making small test photographs, building shards from real pairs and
+fingerprinting folders."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+
+from uir.dataset.build import run_build
+from uir.dataset.config import load_dataset_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -98,6 +102,33 @@ def write_params() -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def build_pairs_dataset(write_params: Callable[..., Path]) -> Callable[..., Path]:
+    """Shard real pairs already under ``root`` with the real builder (no synthesis, sidecar
+    captions, one process); returns the shard folder. Each source is ``(name, folder, label,
+    split)`` with its images in ``folder/lq`` and ``folder/gt``."""
+
+    def build(
+        root: Path, name: str, sources: Sequence[tuple[str, str, str, str]], max_count: int
+    ) -> Path:
+        params = write_params(root, {name: {
+            "output": "out",
+            "sources": [
+                {"kind": "pairs", "name": source, "lq": f"{folder}/lq", "gt": f"{folder}/gt",
+                 "label": label, "split": split}
+                for source, folder, label, split in sources
+            ],
+            "ingest": {"min_size": 8},
+            "captions": {"source": "sidecar"},
+            "synthesis": {"variants": 0},
+            "shards": {"max_count": max_count},
+            "runner": {"kind": "sequential"},
+        }})
+        return run_build(load_dataset_config(name, params)).output
+
+    return build
 
 
 def photo_pixels(height: int, width: int, seed: int) -> np.ndarray:

@@ -17,8 +17,6 @@ import torch
 from PIL import Image
 
 from uir.dataset import schema
-from uir.dataset.build import run_build
-from uir.dataset.config import load_dataset_config
 from uir.dataset.verify import iter_samples
 from uir_models.data import (
     DatasetError,
@@ -49,11 +47,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory, make_photo, write_params) -> Path:
+def dataset(tmp_path_factory, make_photo, build_pairs_dataset) -> Path:
     """Built by the real builder from real pairs: 32 train samples in 4 shards, 5 val."""
     root = tmp_path_factory.mktemp("shards")
-    sources, seed = [], 0
-    for label, split, count, scale in SOURCES:
+    seed = 0
+    for label, _, count, scale in SOURCES:
         for index in range(count):
             seed += 1
             gt = make_photo(
@@ -67,31 +65,8 @@ def dataset(tmp_path_factory, make_photo, write_params) -> Path:
                 root / label / "lq" / f"{index:03d}.png",
                 pixels=np.ascontiguousarray(hq[::scale, ::scale]),
             )
-        sources.append(
-            {
-                "kind": "pairs",
-                "name": label,
-                "lq": f"{label}/lq",
-                "gt": f"{label}/gt",
-                "label": label,
-                "split": split,
-            }
-        )
-    params = write_params(
-        root,
-        {
-            "skew": {
-                "output": "out",
-                "sources": sources,
-                "ingest": {"min_size": 8},
-                "captions": {"source": "sidecar"},
-                "synthesis": {"variants": 0},
-                "shards": {"max_count": 8},
-                "runner": {"kind": "sequential"},
-            }
-        },
-    )
-    return run_build(load_dataset_config("skew", params)).output
+    sources = [(label, label, label, split) for label, split, _, _ in SOURCES]
+    return build_pairs_dataset(root, "skew", sources, max_count=8)
 
 
 def _metadata(folder: Path, split: str) -> dict[str, dict]:

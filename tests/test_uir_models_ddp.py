@@ -16,8 +16,6 @@ import pytest
 import torch.distributed as dist
 
 from uir.dataset import schema
-from uir.dataset.build import run_build
-from uir.dataset.config import load_dataset_config
 from uir.dataset.verify import iter_samples
 from uir_models.data import train_loader
 
@@ -30,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory, make_photo, write_params) -> Path:
+def dataset(tmp_path_factory, make_photo, build_pairs_dataset) -> Path:
     """24 real pairs (18 noisy, 6 hazy) in 3 train shards, built by the real builder."""
     root = tmp_path_factory.mktemp("ddp-shards")
     for index in range(SAMPLES):
@@ -42,31 +40,8 @@ def dataset(tmp_path_factory, make_photo, write_params) -> Path:
                 index,
                 caption=f"photo {index}" if side == "gt" else None,
             )
-    params = write_params(
-        root,
-        {
-            "ddp": {
-                "output": "out",
-                "ingest": {"min_size": 8},
-                "captions": {"source": "sidecar"},
-                "synthesis": {"variants": 0},
-                "shards": {"max_count": SHARD_SIZE},
-                "runner": {"kind": "sequential"},
-                "sources": [
-                    {
-                        "kind": "pairs",
-                        "name": label,
-                        "lq": f"{label}/lq",
-                        "gt": f"{label}/gt",
-                        "label": label,
-                        "split": "train",
-                    }
-                    for label in TYPES
-                ],
-            }
-        },
-    )
-    return run_build(load_dataset_config("ddp", params)).output
+    sources = [(label, label, label, "train") for label in TYPES]
+    return build_pairs_dataset(root, "ddp", sources, max_count=SHARD_SIZE)
 
 
 def _rank_main(folder: str, out: str) -> None:

@@ -21,8 +21,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-from uir.dataset.build import run_build
-from uir.dataset.config import load_dataset_config
 from uir_models.data import eval_loader, train_loader
 from uir_models.factory import create_model
 from uir_models.training import (
@@ -44,11 +42,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory, make_photo, write_params) -> Path:
+def dataset(tmp_path_factory, make_photo, build_pairs_dataset) -> Path:
     """A learnable degradation (LQ = HQ at 60% brightness): 24 train pairs in 3 shards (uneven
     for 2 ranks) and 4 val pairs, built by the real builder."""
     root = tmp_path_factory.mktemp("train-shards")
-    sources = []
     for split, count, offset in (("train", TRAIN_PAIRS, 0), ("val", VAL_PAIRS, 100)):
         for index in range(count):
             gt = make_photo(
@@ -59,31 +56,8 @@ def dataset(tmp_path_factory, make_photo, write_params) -> Path:
             )
             dark = (np.asarray(Image.open(gt)).astype(np.float64) * 0.6).round()
             make_photo(root / split / "lq" / f"{index:03d}.png", pixels=dark.astype(np.uint8))
-        sources.append(
-            {
-                "kind": "pairs",
-                "name": f"dark-{split}",
-                "lq": f"{split}/lq",
-                "gt": f"{split}/gt",
-                "label": "low-light",
-                "split": split,
-            }
-        )
-    params = write_params(
-        root,
-        {
-            "dark": {
-                "output": "out",
-                "sources": sources,
-                "ingest": {"min_size": 8},
-                "captions": {"source": "sidecar"},
-                "synthesis": {"variants": 0},
-                "shards": {"max_count": SHARD_SIZE},
-                "runner": {"kind": "sequential"},
-            }
-        },
-    )
-    return run_build(load_dataset_config("dark", params)).output
+    sources = [(f"dark-{split}", split, "low-light", split) for split in ("train", "val")]
+    return build_pairs_dataset(root, "dark", sources, max_count=SHARD_SIZE)
 
 
 class NoisyInputTask(RestorerTask):
