@@ -4,6 +4,8 @@ Run (CPU, CI-sized model, well under 2 minutes on 2 cores):
     python bench/quality.py [--json OUT]
 Paper-sized model on a GPU:
     python bench/quality.py --model nafnet-proxy --device cuda --patch 128 --batch 8
+The type-conditioned proxy (the demo's): add ``--model nafnet-typed-tiny --condition types``
+(``nafnet-typed-proxy`` at paper size).
 
 Why: the medium tier costs two proxy trainings (one per fold, ~20k iterations each in the
 reference) plus one tiled rendering of every LQ image; these two figures give the time a
@@ -34,6 +36,7 @@ count. GPU figures are fp32 unless ``--amp`` (bf16 autocast; slower at batch 8 o
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import tempfile
 import time
@@ -55,7 +58,8 @@ REFERENCE_ITERATIONS = 2 * 20_000  # two folds of the reference schedule
 
 
 class RandomPairs:
-    """In-memory (LQ, HQ) pairs of random pixels: content does not change the speed."""
+    """In-memory (LQ, HQ) pairs of random pixels: content does not change the speed. Each
+    carries one of twelve type names, for a type-conditioned proxy."""
 
     def __init__(self, count: int, size: int, seed: int = 0) -> None:
         rng = np.random.default_rng(seed)
@@ -72,6 +76,9 @@ class RandomPairs:
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         return self.pairs[index]
+
+    def labels(self, index: int) -> tuple[str, ...]:
+        return (f"type-{index % 12}",)
 
 
 def _sync(device: torch.device) -> None:
@@ -100,6 +107,7 @@ def bench_training(args: argparse.Namespace, device: torch.device) -> dict[str, 
         checkpoint_every=args.warmup + args.steps,  # only the writes at the end of each call
         device=str(device),
         amp=args.amp,
+        condition=args.condition,
     )
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "proxy.pt"
@@ -133,13 +141,16 @@ def bench_rendering(
 ) -> dict[str, Any]:
     h, w = args.render_size
     image = np.random.default_rng(1).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    render_medium(model, image, tile=args.tile, overlap=args.overlap)  # warm-up
+    render = functools.partial(
+        render_medium, model, tile=args.tile, overlap=args.overlap, labels=("type-0",)
+    )
+    render(image)  # warm-up
     _reset_peak(device)
     times = []
     for _ in range(args.repeats):
         _sync(device)
         start = time.perf_counter()
-        out = render_medium(model, image, tile=args.tile, overlap=args.overlap)
+        out = render(image)
         times.append(time.perf_counter() - start)  # render_medium returns host memory: synced
     assert out.shape == image.shape
     best = min(times)
@@ -153,6 +164,8 @@ def bench_rendering(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="nafnet-tiny", help="factory name or YAML path")
+    parser.add_argument("--condition", choices=["none", "types"], default="none",
+                        help="types: a type-conditioned model such as nafnet-typed-tiny")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--patch", type=int, default=128)

@@ -141,8 +141,8 @@ def test_killed_proxy_training_resumes(tmp_path, repo_root, run_cli, make_clone,
 def test_demo_settings_give_medium_images_better_than_the_lq(tmp_path, repo_root, run_cli,
                                                             make_clone):
     """The shipped `quality.demo` settings (not the CI-sized ones) on the demo photos: the
-    medium images beat the LQ on average, and on all but at most one of the types with 20 or
-    more samples (motion-blurry is the known shortfall: see the README's quality section)."""
+    type-conditioned proxy's medium images beat the LQ by a dB or more on average, and on every
+    type with 20 or more samples (README: +1.32 dB, the least +0.20 on low-resolution)."""
     clone = make_clone(repo_root, tmp_path / "clone", {}, quality_changes={})
     run_cli("uir", "build", "demo", "--steps", "base,proxy,render", "--engine", "local",
             cwd=clone, timeout=900)
@@ -155,7 +155,6 @@ def test_demo_settings_give_medium_images_better_than_the_lq(tmp_path, repo_root
                 gains.setdefault(label, []).append(gain)
     manifest = json.loads((clone / "data" / "shards" / "demo" / "manifest.json").read_text())
     assert len(gains["all"]) == manifest["counts"]["samples"]
-    assert np.mean(gains["all"]) > 0.05, np.mean(gains["all"])
+    assert np.mean(gains["all"]) > 1.0, np.mean(gains["all"])
     frequent = {t: float(np.mean(g)) for t, g in gains.items() if t != "all" and len(g) >= 20}
-    losing = [t for t, g in frequent.items() if g <= 0]
-    assert len(frequent) >= 8 and len(losing) <= 1, frequent
+    assert len(frequent) >= 8 and all(g > 0 for g in frequent.values()), frequent

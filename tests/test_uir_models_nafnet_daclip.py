@@ -105,6 +105,28 @@ def test_output_depends_on_both_embeddings():
     torch.testing.assert_close(first, base[:1], atol=1e-5, rtol=0)
 
 
+def test_without_content_attention_the_condition_vector_is_the_only_input():
+    """The type-conditioned proxy's configs: no cross-attention, no content argument."""
+    model = create_model("nafnet-typed-tiny", overrides={"context_dim": 5})
+    assert isinstance(model, NAFNetDaClip)
+    assert not any(isinstance(m, ContentCrossAttention) for m in model.modules())
+    paper = create_model("nafnet-typed-proxy")
+    assert not any(isinstance(m, ContentCrossAttention) for m in paper.modules())
+    model = _perturb(model).eval()
+    lq = torch.rand(2, 3, 20, 28)
+    types = torch.tensor([[1.0, 0, 0, 0, 0], [0, 0, 1.0, 1.0, 0]])
+    with torch.no_grad():
+        out = model(lq, types)
+        swapped = model(lq, types.flip(0))
+    assert out.shape == lq.shape and (out - swapped).abs().mean() > 1e-3
+    with pytest.raises(ValueError, match="content embedding"):
+        model(lq, types, torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="content embedding"):
+        _tiny()(lq, *_embeddings(2, 0)[:1])
+    with pytest.raises(ValueError, match="attn_levels must be 0"):
+        create_model("nafnet-typed-tiny", overrides={"attn_levels": 1})
+
+
 def _l1_step(model: NAFNetDaClip, seed: int) -> None:
     lq = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
     degradation, content = _embeddings(2, seed)

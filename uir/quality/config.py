@@ -54,6 +54,9 @@ class ProxyConfig(Config):
     # types: a degradation type uniformly, then a pair of it (as the perceiver's batches)
     balance: Literal["types", "none"] = "none"
     channel_shuffle: bool = False  # the same random RGB order on LQ and HQ of each crop
+    # types: the proxy is told each image's degradation types (needs a model such as
+    # nafnet-typed-tiny); none: a blind proxy, as the paper's
+    condition: Literal["types", "none"] = "none"
     checkpoint_every: int = Field(500, ge=1)
     device: str = "auto"
 

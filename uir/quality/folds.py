@@ -97,6 +97,7 @@ def train_fold(
         loss=cfg.loss,
         balance=cfg.balance,
         channel_shuffle=cfg.channel_shuffle,
+        condition=cfg.condition,
         checkpoint_every=cfg.checkpoint_every,
         device=cfg.device,
         seed=derive_seed(job.quality.seed, f"proxy/fold-{fold}") % 2**63,

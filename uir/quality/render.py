@@ -85,7 +85,9 @@ def render_shard(job: QualityJob, shard: str) -> dict[str, Any]:
             model = _proxy(job.proxy_checkpoint(renderer), proxy_digests[renderer], cfg.device)
             hq = decode_png(members[schema.HQ])
             lq = to_size(decode_png(members[schema.LQ]), (hq.shape[1], hq.shape[0]))
-            mq = render_medium(model, lq, tile=cfg.tile, overlap=cfg.overlap)
+            mq = render_medium(
+                model, lq, tile=cfg.tile, overlap=cfg.overlap, labels=meta["labels"]
+            )
             writer.write(key, {schema.MQ: encode_png(mq, MQ_PNG_COMPRESSION)})
             samples[key] = {
                 "fold": fold,

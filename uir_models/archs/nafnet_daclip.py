@@ -12,6 +12,9 @@ restorers take them:
   blocks and after each of the ``attn_levels`` deepest encoder and decoder levels), where the
   features are coarse and semantic enough to use a global description of the scene.
 
+With ``content_attention: false`` there is no cross-attention and no content input: a NAFNet
+switched by one condition vector (the proxy restorer conditioned on degradation types uses it).
+
 Like :class:`~uir_models.archs.nafnet.NAFNet` the network predicts a residual, and with
 ``zero_init_output`` the untrained model returns the LQ image exactly, whatever the embeddings.
 """
@@ -45,6 +48,7 @@ class NAFNetDaClipConfig:
     cond_hidden: int = 256  # width of the degradation MLP feeding the per-block modulations
     attn_levels: int = 1  # deepest encoder/decoder levels with content cross-attention
     attn_heads: int = 8
+    content_attention: bool = True  # false: no cross-attention (and no content input) at all
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> NAFNetDaClipConfig:
@@ -61,6 +65,10 @@ class NAFNetDaClipConfig:
                 f"{self.cond_hidden}, {self.attn_heads}"
             )
         levels = len(self.enc_blocks)
+        if not self.content_attention:
+            if self.attn_levels:
+                raise ValueError("attn_levels must be 0 when content_attention is false")
+            return
         if not 0 <= self.attn_levels <= levels:
             raise ValueError(f"attn_levels must be in [0, {levels}], got {self.attn_levels}")
         # Channels of the middle and of the attended levels: all must split into the heads.
@@ -137,10 +145,15 @@ class ConditionedStage(nn.Module):
             ContentCrossAttention(channels, cfg.context_dim, cfg.attn_heads) if attention else None
         )
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cond: torch.Tensor, context: torch.Tensor | None
+    ) -> torch.Tensor:
         for block in self.blocks:
             x = block(x, cond)
-        return x if self.attn is None else self.attn(x, context)
+        if self.attn is None:
+            return x
+        assert context is not None  # NAFNetDaClip.forward checks it
+        return self.attn(x, context)
 
 
 class NAFNetDaClip(nn.Module):
@@ -170,7 +183,7 @@ class NAFNetDaClip(nn.Module):
             self.encoders.append(ConditionedStage(c, n, cfg, i >= levels - cfg.attn_levels))
             self.downs.append(nn.Conv2d(c, 2 * c, 2, stride=2))
             c *= 2
-        self.middle = ConditionedStage(c, cfg.middle_blocks, cfg, attention=True)
+        self.middle = ConditionedStage(c, cfg.middle_blocks, cfg, cfg.content_attention)
         self.ups = nn.ModuleList()
         self.decoders = nn.ModuleList()
         for i, n in enumerate(cfg.dec_blocks):  # deepest level first
@@ -188,12 +201,17 @@ class NAFNetDaClip(nn.Module):
         return 2 ** len(self.encoders)
 
     def forward(
-        self, lq: torch.Tensor, degradation: torch.Tensor, content: torch.Tensor
+        self, lq: torch.Tensor, degradation: torch.Tensor, content: torch.Tensor | None = None
     ) -> torch.Tensor:
         h, w = lq.shape[-2:]
+        if (content is None) == self.config.content_attention:
+            raise ValueError(
+                "pass a content embedding exactly when the model has content attention "
+                f"(content_attention: {self.config.content_attention})"
+            )
         inp = pad_to_multiple(lq, self.size_multiple)
         cond = self.degradation_mlp(degradation)
-        context = content[:, None, :]  # one context token, as DA-CLIP passes it
+        context = None if content is None else content[:, None, :]  # one token, as DA-CLIP
         y = self.intro(inp)
         skips = []
         for enc, down in zip(self.encoders, self.downs, strict=True):

@@ -18,10 +18,10 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Protocol, get_args, runtime_checkable
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 import numpy as np
 import torch
@@ -47,6 +47,11 @@ _CHECKPOINT_KEYS = frozenset(
     ("format", "kind", "model_config", "model", "optimizer", "scheduler", "step", "losses")
 ) | {"digest"}
 _NOT_IN_DIGEST = frozenset({"device", "amp", "checkpoint_every"})
+
+Condition = Literal["none", "types"]
+CONDITIONED_ARCH = "nafnet_daclip"
+"""The architecture a type-conditioned proxy needs (with ``content_attention: false``): a
+NAFNet whose blocks a vector modulates."""
 
 
 class ProxyCheckpointError(CheckpointError):
@@ -96,6 +101,11 @@ class ProxyTrainSettings:
     # trained on a few photos' palettes, a proxy otherwise shifts the colours of an unseen
     # palette (the demo's red fundus photo lost 5-8 dB on nearly clean samples).
     channel_shuffle: bool = False
+    # "types": the proxy is told each image's degradation types (a multi-hot vector over the
+    # types it trained on), so it needs a conditioned model (nafnet-typed-tiny). A blind proxy
+    # trained on few photos averages what the types need (brightening, desnowing) and applies
+    # it everywhere; told the types, it can leave a motion-blurred photo's colours alone.
+    condition: Condition = "none"
 
     def __post_init__(self) -> None:
         # Settings often come from YAML: normalise types so equal settings digest equally.
@@ -114,6 +124,20 @@ class ProxyTrainSettings:
             raise ValueError(f"betas must be two numbers, got {self.betas}")
         if self.balance not in get_args(Balance):
             raise ValueError(f"balance must be one of {get_args(Balance)}, got {self.balance!r}")
+        if self.condition not in get_args(Condition):
+            raise ValueError(
+                f"condition must be one of {get_args(Condition)}, got {self.condition!r}"
+            )
+        config = _model_config(self.model)
+        conditioned = config.get("arch") == CONDITIONED_ARCH
+        attends = config.get("content_attention", conditioned)  # the arch's default: true
+        if conditioned != (self.condition == "types") or attends:
+            raise ValueError(
+                f"condition {self.condition!r} with model {self.model!r}: condition 'types' "
+                f"needs a conditioned model (arch {CONDITIONED_ARCH} with content_attention "
+                "false, such as nafnet-typed-tiny), condition 'none' a blind one (such as "
+                "nafnet-tiny)"
+            )
 
     def canonical(self) -> dict[str, Any]:
         """The digested fields, with the model resolved to its full config."""
@@ -150,6 +174,52 @@ class LabelledPairSet(PairSet, Protocol):
     def labels(self, index: int) -> tuple[str, ...]: ...
 
 
+class TypeConditionedProxy(nn.Module):
+    """A proxy restorer told which degradation types an image carries.
+
+    ``forward(x, types)`` takes the multi-hot ``(B, len(types))`` from :meth:`encode`; labels
+    the proxy never trained on are left out of the vector. :meth:`bind` fixes one image's
+    labels, giving the ``forward(x)`` module that tiling runs.
+    """
+
+    def __init__(self, model: nn.Module, types: Sequence[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.types = tuple(types)
+
+    @property
+    def size_multiple(self) -> int:
+        return int(getattr(self.model, "size_multiple", 1))
+
+    def encode(self, labels: Sequence[Sequence[str]], device: torch.device) -> torch.Tensor:
+        hot = torch.zeros(len(labels), len(self.types), device=device)
+        for row, names in enumerate(labels):
+            for name in names:
+                if name in self.types:
+                    hot[row, self.types.index(name)] = 1.0
+        return hot
+
+    def forward(self, x: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        return self.model(x, types)
+
+    def bind(self, labels: Sequence[str]) -> nn.Module:
+        return _BoundTypes(self, labels)
+
+
+class _BoundTypes(nn.Module):
+    def __init__(self, proxy: TypeConditionedProxy, labels: Sequence[str]) -> None:
+        super().__init__()
+        self.proxy = proxy
+        self.labels = tuple(labels)
+
+    @property
+    def size_multiple(self) -> int:
+        return self.proxy.size_multiple
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proxy(x, self.proxy.encode([self.labels] * x.shape[0], x.device))
+
+
 @dataclass
 class ProxyTrainResult:
     """The trained model (eval mode, on the training device) and how training went."""
@@ -181,8 +251,9 @@ def draw_batch(
     step: int,
     groups: dict[str, list[int]] | None = None,
     channel_shuffle: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The (LQ, HQ) uint8 batch (B, P, P, 3) of training step ``step``; a pure function.
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """The (LQ, HQ) uint8 batch (B, P, P, 3) of training step ``step`` and the indices of its
+    pairs; a pure function.
 
     Pairs are drawn with replacement, uniformly or, given ``groups`` (pair indices by type),
     a type uniformly and then a pair of it. Each gets a random crop, horizontal flip and rot90
@@ -193,10 +264,10 @@ def draw_batch(
     """
     rng = np.random.default_rng([seed, step])
     if groups is None:
-        indices = rng.integers(0, len(pairs), size=batch_size)
+        indices = [int(i) for i in rng.integers(0, len(pairs), size=batch_size)]
     else:
-        indices = np.asarray(balanced_indices(groups, batch_size, rng))
-    loaded = [_load_pair(pairs, int(i)) for i in indices]
+        indices = balanced_indices(groups, batch_size, rng)
+    loaded = [_load_pair(pairs, i) for i in indices]
     size = min(patch_size, *(min(lq.shape[:2]) for lq, _ in loaded))
     out_lq = np.empty((batch_size, size, size, 3), dtype=np.uint8)
     out_hq = np.empty_like(out_lq)
@@ -210,7 +281,7 @@ def draw_batch(
             crops = paired_channel_shuffle(*crops, rng)
         for crop, dst in zip(crops, (out_lq, out_hq), strict=True):
             dst[j] = np.rot90(crop[:, ::-1] if flip else crop, turns)
-    return out_lq, out_hq
+    return out_lq, out_hq, indices
 
 
 def _to_device(batch: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -243,6 +314,10 @@ def _build_model(config: Mapping[str, Any], seed: int) -> nn.Module:
         return create_model(config)
 
 
+def _wrap(model: nn.Module, types: Sequence[str] | None) -> nn.Module:
+    return model if types is None else TypeConditionedProxy(model, types)
+
+
 def train_proxy(
     pairs: PairSet,
     settings: ProxyTrainSettings,
@@ -260,18 +335,24 @@ def train_proxy(
     n_pairs = len(pairs)
     if n_pairs == 0:
         raise ValueError("train_proxy needs at least one (LQ, HQ) pair; the pair set is empty")
-    groups = None
-    if settings.balance == "types":
+    groups, types = None, None
+    if "types" in (settings.balance, settings.condition):
         if not isinstance(pairs, LabelledPairSet):
-            raise ValueError("balance 'types' needs pairs with a labels(index) method")
-        groups = type_groups(n_pairs, pairs.labels, "types")
+            raise ValueError("balance or condition 'types' needs pairs with a labels(index) method")
+        if settings.balance == "types":
+            groups = type_groups(n_pairs, pairs.labels, "types")
+        if settings.condition == "types":
+            types = sorted({name for i in range(n_pairs) for name in pairs.labels(i)})
     if stop_after is not None and stop_after < 0:
         raise ValueError(f"stop_after must be >= 0, got {stop_after}")
     checkpoint = Path(checkpoint)
     device = resolve_device(settings.device)
     digest = settings.digest()
     config = _model_config(settings.model)
-    model = _build_model(config, settings.seed).to(device)
+    if types is not None:  # the condition vector has one entry per type trained on
+        config = {**config, "context_dim": len(types)}
+    core = _build_model(config, settings.seed).to(device)  # what the checkpoint stores
+    model = _wrap(core, types)
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=settings.lr,
@@ -284,7 +365,11 @@ def train_proxy(
     step, losses = 0, []
     if checkpoint.exists():
         state = _read_checkpoint(checkpoint)
-        if state["digest"] != digest or state.get("num_pairs") != n_pairs:
+        if (state["digest"], state.get("num_pairs"), state.get("types")) != (
+            digest,
+            n_pairs,
+            types,
+        ):
             log.warning(
                 "proxy checkpoint %s was made with other settings or data (digest %s, %s pairs;"
                 " now %s, %s pairs): starting over and overwriting it",
@@ -295,7 +380,7 @@ def train_proxy(
                 n_pairs,
             )
         else:
-            model.load_state_dict(state["model"])
+            core.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             step, losses = int(state["step"]), [float(x) for x in state["losses"]]
@@ -307,7 +392,7 @@ def train_proxy(
                 "format": CHECKPOINT_FORMAT,
                 "kind": _CHECKPOINT_KIND,
                 "model_config": config,
-                "model": model.state_dict(),
+                "model": core.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "step": step,
@@ -316,6 +401,7 @@ def train_proxy(
                 "digest": digest,
                 "settings": settings.canonical(),
                 "num_pairs": n_pairs,
+                "types": types,
             },
             checkpoint,
         )
@@ -337,7 +423,7 @@ def train_proxy(
     start = time.perf_counter()
     while step < end:
         step += 1
-        lq_np, hq_np = draw_batch(
+        lq_np, hq_np, indices = draw_batch(
             pairs,
             settings.batch_size,
             settings.patch_size,
@@ -348,7 +434,10 @@ def train_proxy(
         )
         lq, hq = _to_device(lq_np, device), _to_device(hq_np, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            pred = model(lq)
+            if isinstance(model, TypeConditionedProxy):
+                pred = model(lq, model.encode([pairs.labels(i) for i in indices], device))
+            else:
+                pred = model(lq)
         loss = restoration_loss(pred.float(), hq, settings.loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -378,25 +467,34 @@ def train_proxy(
 
 
 def load_proxy(checkpoint: Path, device: str = "auto") -> nn.Module:
-    """The restorer stored in a checkpoint (finished or not), in eval mode on ``device``."""
+    """The restorer stored in a checkpoint (finished or not), in eval mode on ``device``; a
+    :class:`TypeConditionedProxy` when it was trained with ``condition: types``."""
     state = _read_checkpoint(Path(checkpoint))
     model = create_model(state["model_config"])
     model.load_state_dict(state["model"])
-    return model.to(resolve_device(device)).eval()
+    return _wrap(model, state.get("types")).to(resolve_device(device)).eval()
 
 
 def render_medium(
-    model: nn.Module, lq: np.ndarray, tile: int = 512, overlap: int = 32
+    model: nn.Module,
+    lq: np.ndarray,
+    tile: int = 512,
+    overlap: int = 32,
+    labels: Sequence[str] = (),
 ) -> np.ndarray:
     """Restore a uint8 HxWx3 image tile by tile; returns uint8 HxWx3 of the same size.
 
-    Rounds half to even after clipping to [0, 255], so an identity model returns its input
-    exactly (the float round trip through [0, 1] is within half a level).
+    A :class:`TypeConditionedProxy` is told ``labels`` (the image's degradation types); a
+    blind model ignores them. Rounds half to even after clipping to [0, 255], so an identity
+    model returns its input exactly (the float round trip through [0, 1] is within half a
+    level).
     """
     lq = np.asarray(lq)
     if lq.dtype != np.uint8 or lq.ndim != 3 or lq.shape[2] != 3:
         raise ValueError(f"expected a uint8 HxWx3 image, got {lq.dtype} {lq.shape}")
     image = torch.from_numpy(np.ascontiguousarray(lq)).permute(2, 0, 1)[None].float() / 255.0
+    if isinstance(model, TypeConditionedProxy):
+        model = model.bind(labels)
     out = restore_tiled(model, image, tile=tile, overlap=overlap)
     out = out[0].permute(1, 2, 0).mul(255.0).round().clamp_(0, 255).to(torch.uint8)
     return out.cpu().numpy()
@@ -404,11 +502,13 @@ def render_medium(
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "Condition",
     "LabelledPairSet",
     "PairSet",
     "ProxyCheckpointError",
     "ProxyTrainResult",
     "ProxyTrainSettings",
+    "TypeConditionedProxy",
     "draw_batch",
     "load_proxy",
     "render_medium",
