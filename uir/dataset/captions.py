@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -40,6 +41,7 @@ _OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 _TRUE_VALUES = frozenset({"1", "ON", "YES", "TRUE"})
 # Well under SQLite's bound-parameter limit, which is only 999 in older builds.
 _QUERY_CHUNK = 500
+_LOCK_TIMEOUT_S = 60.0  # how long an opening or a commit waits for another process
 
 
 class CaptionError(RuntimeError):
@@ -72,14 +74,31 @@ class CaptionCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         # Writers hold the lock for one small commit, so waiting beats failing with "locked".
-        self._db = sqlite3.connect(path, timeout=60)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = sqlite3.connect(path, timeout=_LOCK_TIMEOUT_S)
+        self._enable_wal()
         with self._db:
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS captions ("
                 "hq_hash TEXT NOT NULL, captioner TEXT NOT NULL, caption TEXT NOT NULL, "
                 "PRIMARY KEY (hq_hash, captioner)) WITHOUT ROWID"
             )
+
+    def _enable_wal(self) -> None:
+        """Switch to WAL, retrying while another process holds the lock.
+
+        sqlite answers the switch with "database is locked" at once, without waiting out the
+        connection's timeout, while another process is creating or switching the same new file
+        (6 of 600 openings by 6 processes started together failed before this loop).
+        """
+        deadline = time.monotonic() + _LOCK_TIMEOUT_S
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def get_many(self, hashes: Sequence[str], captioner: str) -> dict[str, str]:
         """Cached captions of `hashes` by `captioner`; hashes not cached are simply absent."""
