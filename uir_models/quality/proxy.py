@@ -169,7 +169,8 @@ class PairSet(Protocol):
 
 @runtime_checkable
 class LabelledPairSet(PairSet, Protocol):
-    """Pairs that also name their degradation types, for type-balanced batches."""
+    """Pairs that also name their degradation types, for type-balanced batches and the
+    type-conditioned proxy."""
 
     def labels(self, index: int) -> tuple[str, ...]: ...
 
@@ -207,17 +208,20 @@ class TypeConditionedProxy(nn.Module):
 
 
 class _BoundTypes(nn.Module):
+    """One image's labels, encoded once for all of its tiles."""
+
     def __init__(self, proxy: TypeConditionedProxy, labels: Sequence[str]) -> None:
         super().__init__()
         self.proxy = proxy
-        self.labels = tuple(labels)
+        device = next(proxy.parameters()).device
+        self.hot = proxy.encode([tuple(labels)], device)
 
     @property
     def size_multiple(self) -> int:
         return self.proxy.size_multiple
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proxy(x, self.proxy.encode([self.labels] * x.shape[0], x.device))
+        return self.proxy(x, self.hot.to(x.device).expand(x.shape[0], -1))
 
 
 @dataclass
