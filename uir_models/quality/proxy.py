@@ -187,6 +187,7 @@ class TypeConditionedProxy(nn.Module):
         super().__init__()
         self.model = model
         self.types = tuple(types)
+        self._column = {name: i for i, name in enumerate(self.types)}
 
     @property
     def size_multiple(self) -> int:
@@ -196,8 +197,8 @@ class TypeConditionedProxy(nn.Module):
         hot = torch.zeros(len(labels), len(self.types), device=device)
         for row, names in enumerate(labels):
             for name in names:
-                if name in self.types:
-                    hot[row, self.types.index(name)] = 1.0
+                if name in self._column:
+                    hot[row, self._column[name]] = 1.0
         return hot
 
     def forward(self, x: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
@@ -369,19 +370,18 @@ def train_proxy(
     step, losses = 0, []
     if checkpoint.exists():
         state = _read_checkpoint(checkpoint)
-        if (state["digest"], state.get("num_pairs"), state.get("types")) != (
-            digest,
-            n_pairs,
-            types,
-        ):
+        found = (state["digest"], state.get("num_pairs"), state.get("types"))
+        if found != (digest, n_pairs, types):
             log.warning(
-                "proxy checkpoint %s was made with other settings or data (digest %s, %s pairs;"
-                " now %s, %s pairs): starting over and overwriting it",
+                "proxy checkpoint %s was made with other settings or data (digest %s, %s pairs,"
+                " types %s; now %s, %s pairs, types %s): starting over and overwriting it",
                 checkpoint,
                 state["digest"][:12],
                 state.get("num_pairs"),
+                state.get("types"),
                 digest[:12],
                 n_pairs,
+                types,
             )
         else:
             core.load_state_dict(state["model"])
